@@ -1,0 +1,84 @@
+r"""Imports PyTorch CLIP weights (OpenAI or open_clip) into an Orbax checkpoint.
+
+    python -m clip_jax.import_weights --checkpoint ViT-B-32.pt \
+        --model ViT-B-32-quickgelu --output /path/vit_b32_openai
+
+Reads OpenAI's JIT archives, plain state dicts and open_clip training
+checkpoints ({'state_dict': ...}, 'module.' prefixes) from .pt / .bin (torch
+is imported only for these), .safetensors (needs the safetensors package)
+or .npz files. The output loads with `clip_jax.weights.load_model(DIR)` or
+`--config.init_from=DIR` in training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from clip_jax.convert import from_torch_state_dict, is_openai_state_dict
+from clip_jax.models import create_model
+from clip_jax.weights import save_variables
+
+
+def _strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Unwraps {'state_dict': ...} training checkpoints and DistributedDataParallel's 'module.' prefix."""
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        state_dict = state_dict["state_dict"]
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _read_torch(path: str) -> dict[str, Any]:
+    import torch  # only this file format needs torch
+
+    try:
+        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    except RuntimeError:  # not a TorchScript archive: a pickled state dict
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = _strip_wrappers(dict(state_dict))
+    return {k: v.float().numpy() if hasattr(v, "numpy") else np.asarray(v) for k, v in state_dict.items()}
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A checkpoint file as a mapping of PyTorch names to numpy arrays."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            return _strip_wrappers(dict(data))
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return _strip_wrappers(load_file(path))
+    return _read_torch(path)
+
+
+def import_weights(checkpoint: str, model_name: str, output: str, overrides: dict[str, Any] | None = None) -> str:
+    """Converts `checkpoint` for model `model_name` and writes it to `output`; returns `output`."""
+    overrides = overrides or {}
+    state_dict = read_state_dict(checkpoint)
+    model = create_model(model_name, **overrides)
+    origin = "openai" if is_openai_state_dict(state_dict) else None
+    variables = from_torch_state_dict(state_dict, model, origin=origin)
+    metadata = {"model": model_name, "overrides": overrides, "source": os.path.abspath(checkpoint), "origin": origin}
+    save_variables(output, variables, metadata)
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="PyTorch .pt/.bin, .safetensors or .npz file")
+    parser.add_argument("--model", required=True, help="clip_jax model name, e.g. ViT-B-32-quickgelu")
+    parser.add_argument("--output", required=True, help="directory for the Orbax checkpoint")
+    parser.add_argument("--overrides", default="{}", help="JSON of create_model overrides")
+    args = parser.parse_args(argv)
+    output = import_weights(args.checkpoint, args.model, args.output, json.loads(args.overrides))
+    print(f"wrote {args.model} weights to {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The two-tower CLIP model: image tower, text tower, learnable logit scale (and bias)."""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.models.layers import param_with_axes
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """[..., E] -> unit vectors along the last axis (float32)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps**2))
+
+
+class CLIP(nn.Module):
+    """Two towers mapping into one embedding space.
+
+    `visual` maps images [B, H, W, 3] and `text` maps tokens [B, L] to [B, E].
+    `__call__` returns dict(image_embeds [B, E] and text_embeds [B, E],
+    L2-normalized; logit_scale = exp(parameter); logit_bias where the model has
+    one). `encode_image` / `encode_text` return unnormalized embeddings.
+    """
+
+    visual: nn.Module
+    text: nn.Module
+    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_bias: float | None = None
+
+    def setup(self) -> None:
+        self.logit_scale = self.param(
+            "logit_scale", param_with_axes(nn.initializers.constant(self.init_logit_scale), ()), (), jnp.float32
+        )
+        if self.init_logit_bias is not None:
+            self.logit_bias = self.param(
+                "logit_bias", param_with_axes(nn.initializers.constant(self.init_logit_bias), ()), (), jnp.float32
+            )
+
+    def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images [B, H, W, 3] float32, normalized -> [B, E] float32, unnormalized."""
+        return self.visual(images, train=train)
+
+    def encode_text(self, tokens: jax.Array) -> jax.Array:
+        """tokens [B, L] int32 -> [B, E] float32, unnormalized."""
+        return self.text(tokens)
+
+    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        outputs = {
+            "image_embeds": l2_normalize(self.encode_image(images, train=train)),
+            "text_embeds": l2_normalize(self.encode_text(tokens)),
+            "logit_scale": jnp.exp(self.logit_scale),
+        }
+        if self.init_logit_bias is not None:
+            outputs["logit_bias"] = self.logit_bias
+        return outputs

@@ -1,0 +1,238 @@
+"""Transformer building blocks shared by the image and text towers.
+
+Parameters are float32 and carry logical axis names ('embed', 'mlp', 'heads',
+'kv', 'vocab', 'layers', ...) for the sharding rules; computation runs in
+`dtype` (float32 or bfloat16) with LayerNorm and softmax in float32.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+LN_EPS = 1e-5
+
+
+def normal(std: float) -> Initializer:
+    return nn.initializers.normal(stddev=std)
+
+
+def torch_default_kernel() -> Initializer:
+    """PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def param_with_axes(init: Initializer, axes: tuple[str | None, ...]) -> Initializer:
+    """Wraps an initializer so that the parameter carries logical axis names."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI's activation: x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    """torch.nn.GELU(): the erf form, not the tanh approximation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def activation(quick: bool) -> Callable[[jax.Array], jax.Array]:
+    return quick_gelu if quick else exact_gelu
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis in float32 (eps 1e-5), cast back to `dtype`."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        scale = self.param("scale", param_with_axes(nn.initializers.ones, ("embed",)), (width,), jnp.float32)
+        bias = self.param("bias", param_with_axes(nn.initializers.zeros, ("embed",)), (width,), jnp.float32)
+        x = x.astype(jnp.float32)
+        mean = x.mean(axis=-1, keepdims=True)
+        variance = jnp.square(x - mean).mean(axis=-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(variance + LN_EPS) * scale + bias
+        return y.astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention with separate q/k/v projections (with bias).
+
+    Shapes: queries [B, Q, D], keys/values [B, K, D] -> [B, Q, out_features].
+    Kernels are [D, heads, head_dim] and [heads, head_dim, out_features].
+    """
+
+    num_heads: int
+    out_features: int | None = None
+    qkv_std: float = 0.02
+    out_std: float = 0.02
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, queries: jax.Array, keys_values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        width = queries.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        head_dim = width // self.num_heads
+
+        def projection(name: str) -> nn.DenseGeneral:
+            return nn.DenseGeneral(
+                features=(self.num_heads, head_dim),
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=param_with_axes(normal(self.qkv_std), ("embed", "heads", "kv")),
+                bias_init=param_with_axes(nn.initializers.zeros, ("heads", "kv")),
+                name=name,
+            )
+
+        q = projection("query")(queries) * jnp.asarray(head_dim**-0.5, self.dtype)  # [B, Q, H, Dh]
+        k = projection("key")(keys_values)  # [B, K, H, Dh]
+        v = projection("value")(keys_values)  # [B, K, H, Dh]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, Q, H, Dh]
+        return nn.DenseGeneral(
+            features=self.out_features or width,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=param_with_axes(normal(self.out_std), ("heads", "kv", "embed")),
+            bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
+            name="out",
+        )(attended)
+
+
+class Mlp(nn.Module):
+    """c_fc (mlp_ratio x width) -> GELU or QuickGELU -> c_proj. [B, L, D] -> [B, L, D]."""
+
+    hidden: int
+    fc_std: float
+    proj_std: float
+    quick_gelu: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = nn.Dense(
+            self.hidden,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=param_with_axes(normal(self.fc_std), ("embed", "mlp")),
+            bias_init=param_with_axes(nn.initializers.zeros, ("mlp",)),
+            name="c_fc",
+        )(x)
+        h = activation(self.quick_gelu)(h)
+        return nn.Dense(
+            width,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=param_with_axes(normal(self.proj_std), ("mlp", "embed")),
+            bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
+            name="c_proj",
+        )(h)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). [B, L, D] -> [B, L, D].
+
+    Takes and returns a (x, unused) pair so that `nn.scan` can stack it.
+    Initialisation follows OpenAI's text tower: attention in-projections std
+    width^-0.5, output projections std width^-0.5 (2 layers)^-0.5, c_fc std
+    (2 width)^-0.5.
+    """
+
+    heads: int
+    layers: int
+    mlp_ratio: float = 4.0
+    quick_gelu: bool = False
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, unused: Any = None) -> tuple[jax.Array, None]:
+        width = x.shape[-1]
+        attn_std = width**-0.5
+        proj_std = attn_std * (2 * self.layers) ** -0.5
+        mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.bool_), dtype=jnp.bool_) if self.causal else None
+        h = LayerNorm(self.dtype, name="ln_1")(x)
+        x = x + MultiHeadAttention(
+            self.heads, qkv_std=attn_std, out_std=proj_std, dtype=self.dtype, name="attn"
+        )(h, h, mask)
+        h = LayerNorm(self.dtype, name="ln_2")(x)
+        x = x + Mlp(
+            int(width * self.mlp_ratio),
+            fc_std=(2 * width) ** -0.5,
+            proj_std=proj_std,
+            quick_gelu=self.quick_gelu,
+            dtype=self.dtype,
+            name="mlp",
+        )(h)
+        return x, None
+
+
+REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nn.Module):
+    """A stack of `layers` residual attention blocks. [B, L, D] -> [B, L, D].
+
+    `remat_policy` (a key of REMAT_POLICIES) rematerialises each block in the
+    backward pass; `scan_layers` stacks the blocks with `nn.scan` into one
+    parameter subtree `resblocks` with a leading 'layers' axis (instead of
+    `resblocks_0` ... `resblocks_{L-1}`). All variants compute the same values.
+    """
+
+    width: int
+    layers: int
+    heads: int
+    mlp_ratio: float = 4.0
+    quick_gelu: bool = False
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+    remat_policy: str = "none"
+    scan_layers: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
+        block = ResidualAttentionBlock
+        if self.remat_policy != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers)
+        options = dict(
+            heads=self.heads,
+            layers=self.layers,
+            mlp_ratio=self.mlp_ratio,
+            quick_gelu=self.quick_gelu,
+            causal=self.causal,
+            dtype=self.dtype,
+        )
+        if self.scan_layers:
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                length=self.layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(**options, name="resblocks")(x, None)
+        else:
+            for i in range(self.layers):
+                x, _ = block(**options, name=f"resblocks_{i}")(x, None)
+        return x

@@ -1,0 +1,163 @@
+"""Named architectures (open_clip's names) and `create_model`.
+
+Every OpenAI architecture is registered twice: `NAME` with exact GELU in the
+transformer MLPs (open_clip's LAION-trained weights) and `NAME-quickgelu` with
+QuickGELU (OpenAI's released weights). Loading OpenAI weights into a GELU model
+runs, but silently loses accuracy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+
+from clip_jax.models.clip import CLIP
+from clip_jax.models.resnet import ModifiedResNet
+from clip_jax.models.text import TextTransformer
+from clip_jax.models.vit import VisionTransformer
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSpec:
+    """Image tower: a ViT when `patch_size` is set, else a ModifiedResNet (`layers` per stage)."""
+
+    image_size: int
+    width: int
+    layers: int | tuple[int, ...]
+    patch_size: int | None = None
+    head_width: int = 64
+    mlp_ratio: float = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSpec:
+    width: int
+    heads: int
+    layers: int
+    context_length: int = 77
+    vocab_size: int = 49408
+    mlp_ratio: float = 4.0
+    pool_type: str = "argmax"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    embed_dim: int
+    vision: VisionSpec
+    text: TextSpec
+    quick_gelu: bool = False
+    init_logit_scale: float = CLIP.init_logit_scale
+    init_logit_bias: float | None = None
+    dtype: Any = jnp.float32
+    remat_policy: str = "none"
+    scan_layers: bool = False
+
+
+def _spec(embed_dim: int, vision: VisionSpec, text_width: int, text_heads: int) -> ModelSpec:
+    return ModelSpec(embed_dim, vision, TextSpec(width=text_width, heads=text_heads, layers=12))
+
+
+_OPENAI = {
+    "RN50": _spec(1024, VisionSpec(224, 64, (3, 4, 6, 3)), 512, 8),
+    "RN101": _spec(512, VisionSpec(224, 64, (3, 4, 23, 3)), 512, 8),
+    "RN50x4": _spec(640, VisionSpec(288, 80, (4, 6, 10, 6)), 640, 10),
+    "RN50x16": _spec(768, VisionSpec(384, 96, (6, 8, 18, 8)), 768, 12),
+    "RN50x64": _spec(1024, VisionSpec(448, 128, (3, 15, 36, 10)), 1024, 16),
+    "ViT-B-32": _spec(512, VisionSpec(224, 768, 12, patch_size=32), 512, 8),
+    "ViT-B-16": _spec(512, VisionSpec(224, 768, 12, patch_size=16), 512, 8),
+    "ViT-L-14": _spec(768, VisionSpec(224, 1024, 24, patch_size=14), 768, 12),
+    "ViT-L-14-336": _spec(768, VisionSpec(336, 1024, 24, patch_size=14), 768, 12),
+}
+
+# Small sizes for tests and CPU demos.
+_SMALL = {
+    "ViT-Tiny-8": ModelSpec(
+        128, VisionSpec(32, 128, 4, patch_size=8, head_width=32), TextSpec(width=128, heads=4, layers=4)
+    ),
+    "RN-Tiny": ModelSpec(128, VisionSpec(64, 16, (1, 1, 1, 1), head_width=32), TextSpec(width=128, heads=4, layers=4)),
+}
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    **{name: spec for table in (_OPENAI, _SMALL) for name, spec in table.items()},
+    **{f"{name}-quickgelu": dataclasses.replace(spec, quick_gelu=True) for name, spec in _OPENAI.items()},
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`, OpenAI architectures first."""
+    return list(MODEL_SPECS)
+
+
+def _override(spec: Any, overrides: dict[str, Any], where: str) -> Any:
+    fields = {f.name for f in dataclasses.fields(spec)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown {where} override(s) {unknown}; valid fields: {sorted(fields)}")
+    if "layers" in overrides and isinstance(overrides["layers"], Sequence):
+        overrides = {**overrides, "layers": tuple(overrides["layers"])}
+    return dataclasses.replace(spec, **overrides)
+
+
+def model_spec(name: str, **overrides: Any) -> ModelSpec:
+    """The ModelSpec of `name` with top-level overrides; `vision=` / `text=` take dicts of tower fields."""
+    if name not in MODEL_SPECS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    spec = MODEL_SPECS[name]
+    vision = _override(spec.vision, dict(overrides.pop("vision", None) or {}), "vision")
+    text = _override(spec.text, dict(overrides.pop("text", None) or {}), "text")
+    return _override(dataclasses.replace(spec, vision=vision, text=text), overrides, "model")
+
+
+def build_model(spec: ModelSpec) -> CLIP:
+    """A linen CLIP module from a ModelSpec."""
+    v, t = spec.vision, spec.text
+    if v.patch_size is None:
+        visual = ModifiedResNet(
+            image_size=v.image_size,
+            layers=tuple(v.layers),
+            width=v.width,
+            heads=v.width * 32 // v.head_width,
+            output_dim=spec.embed_dim,
+            dtype=spec.dtype,
+        )
+    else:
+        visual = VisionTransformer(
+            image_size=v.image_size,
+            patch_size=v.patch_size,
+            width=v.width,
+            layers=v.layers,
+            heads=v.width // v.head_width,
+            output_dim=spec.embed_dim,
+            mlp_ratio=v.mlp_ratio,
+            quick_gelu=spec.quick_gelu,
+            dtype=spec.dtype,
+            remat_policy=spec.remat_policy,
+            scan_layers=spec.scan_layers,
+        )
+    text = TextTransformer(
+        context_length=t.context_length,
+        vocab_size=t.vocab_size,
+        width=t.width,
+        layers=t.layers,
+        heads=t.heads,
+        output_dim=spec.embed_dim,
+        mlp_ratio=t.mlp_ratio,
+        quick_gelu=spec.quick_gelu,
+        pool_type=t.pool_type,
+        dtype=spec.dtype,
+        remat_policy=spec.remat_policy,
+        scan_layers=spec.scan_layers,
+    )
+    return CLIP(visual, text, init_logit_scale=spec.init_logit_scale, init_logit_bias=spec.init_logit_bias)
+
+
+def create_model(name: str, **overrides: Any) -> CLIP:
+    """A linen CLIP module by name, e.g. create_model("ViT-B-32", dtype=jnp.bfloat16, scan_layers=True).
+
+    Top-level overrides: embed_dim, quick_gelu, init_logit_scale,
+    init_logit_bias, dtype (compute; parameters stay float32), remat_policy
+    ('none' | 'full' | 'dots' | 'dots_no_batch'), scan_layers; `vision={...}`
+    and `text={...}` override tower fields (e.g. text={'vocab_size': 32000}).
+    """
+    return build_model(model_spec(name, **overrides))

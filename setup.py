@@ -1,0 +1,16 @@
+"""clip_jax: CLIP-style image-text models in JAX/Flax, from one CPU to a pod."""
+from setuptools import find_packages, setup
+
+with open("requirements.txt") as f:
+    requirements = [line.strip() for line in f if line.strip() and not line.startswith(("#", "pytest"))]
+
+setup(
+    name="clip_jax",
+    version="0.1.0",
+    description="Train and use CLIP-style image-text models in JAX/Flax.",
+    packages=find_packages(include=["clip_jax", "clip_jax.*"]),
+    package_data={"clip_jax.tokenizers": ["*.txt.gz"]},
+    python_requires=">=3.10",
+    install_requires=requirements,
+    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5"]},
+)
