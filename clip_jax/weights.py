@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from clip_jax.models import CLIP, create_model
@@ -26,16 +28,28 @@ def save_variables(directory: str, variables: dict[str, Any], metadata: dict[str
 
 
 def load_variables(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(variables as numpy arrays, metadata) from the newest (or given) step in `directory`."""
+    """(variables as host numpy arrays, metadata) from the newest (or given) step in `directory`.
+
+    Works whatever devices or processes wrote the checkpoint: arrays come back
+    whole, on the host, for any topology.
+    """
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
-    with ocp.CheckpointManager(directory) as manager:
+    handlers = {
+        "variables": ocp.StandardCheckpointHandler(),
+        "metadata": ocp.JsonCheckpointHandler(),
+        "train": ocp.StandardCheckpointHandler(),
+        "data": ocp.JsonCheckpointHandler(),
+    }
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {directory}")
+        shapes = manager.item_metadata(step)["variables"]
+        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)  # zero pages cost nothing until written
         restored = manager.restore(
-            step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
+            step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore())
         )
     return restored.variables, restored.metadata
 

@@ -112,6 +112,7 @@ def model_spec(name: str, **overrides: Any) -> ModelSpec:
 def build_model(spec: ModelSpec) -> CLIP:
     """A linen CLIP module from a ModelSpec."""
     v, t = spec.vision, spec.text
+    spec = dataclasses.replace(spec, dtype=jnp.dtype(spec.dtype))  # also accepts "bfloat16"
     if v.patch_size is None:
         visual = ModifiedResNet(
             image_size=v.image_size,

@@ -1,0 +1,115 @@
+"""The training config: defaults every recipe starts from, and validation.
+
+Recipes in configs/ call `default_config()` and change what differs; every
+field can be overridden on the command line (`--config.batch_size=64`).
+`validate(config)` runs before anything is compiled and names the bad field.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from clip_jax.models import list_models
+from clip_jax.models.layers import REMAT_POLICIES
+
+LOSSES = ("clip", "siglip", "clip_lite")
+LOSS_IMPLS = ("all_gather", "blockwise")
+DTYPES = ("float32", "bfloat16")
+EVAL_TYPES = ("zeroshot", "retrieval", "linear_probe")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """OpenAI's CLIP recipe for ViT-B/32 (AdamW, lr 5e-4, batch 32,768, warmup + cosine)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = "ViT-B-32"
+    c.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
+    c.remat_policy = "none"
+    c.scan_layers = False
+    # Extra create_model overrides, e.g. {'text': {'vocab_size': 32000}}.
+    c.model_overrides = ml_collections.ConfigDict()
+
+    c.loss = "clip"
+    c.loss_impl = "all_gather"
+    c.loss_block_size = 1024
+    c.max_logit_scale = 100.0
+
+    c.batch_size = 32768  # global, over all devices and hosts
+    c.num_microbatches = 1  # > 1: gradient accumulation keeping every negative of the batch
+    c.total_steps = 100_000
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=5e-4,
+            warmup_steps=2000,
+            end_learning_rate=0.0,
+            b1=0.9,
+            b2=0.98,
+            eps=1e-6,
+            weight_decay=0.2,
+            grad_clip_norm=0.0,  # 0: no clipping
+        )
+    )
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    c.data = ml_collections.ConfigDict(
+        dict(
+            train="shapes",
+            tokenizer="clip",
+            context_length=77,
+            min_crop_scale=0.9,
+            shuffle_buffer=10_000,
+            num_parallel_calls=-1,  # tf.data.AUTOTUNE
+        )
+    )
+
+    c.init_from = ""  # converted weights (clip_jax.import_weights) or another run's workdir
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.log_every_steps = 50
+    c.progress_every_seconds = 60.0
+    c.evals = ml_collections.ConfigDict()
+    return c
+
+
+def _check(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad field; touches no device."""
+    _check(config.model in list_models(), "model", f"unknown model {config.model!r}; one of {list_models()}")
+    _check(config.dtype in DTYPES, "dtype", f"{config.dtype!r} is not one of {DTYPES}")
+    _check(config.remat_policy in REMAT_POLICIES, "remat_policy", f"{config.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
+    _check(config.loss in LOSSES, "loss", f"{config.loss!r} is not one of {LOSSES}")
+    _check(config.loss_impl in LOSS_IMPLS, "loss_impl", f"{config.loss_impl!r} is not one of {LOSS_IMPLS}")
+    _check(config.loss_block_size > 0, "loss_block_size", "must be positive")
+    _check(config.batch_size > 0, "batch_size", "must be positive")
+    _check(config.num_microbatches >= 1, "num_microbatches", "must be at least 1")
+    _check(
+        config.batch_size % config.num_microbatches == 0,
+        "num_microbatches",
+        f"{config.num_microbatches} does not divide batch_size {config.batch_size}",
+    )
+    _check(config.total_steps > 0, "total_steps", "must be positive")
+    opt = config.optimizer
+    _check(opt.learning_rate > 0, "optimizer.learning_rate", "must be positive")
+    _check(0 <= opt.warmup_steps <= config.total_steps, "optimizer.warmup_steps", "must be in [0, total_steps]")
+    _check(0 <= opt.b1 < 1 and 0 <= opt.b2 < 1, "optimizer.b1", "betas must be in [0, 1)")
+    _check(opt.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+    _check(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm", "must be >= 0 (0 disables clipping)")
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        _check(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 (the rest) or >= 1, got {size}")
+    _check(
+        sum(config.mesh[a] == -1 for a in ("data", "fsdp", "tensor")) <= 1, "mesh", "at most one axis may be -1"
+    )
+    _check(config.data.context_length > 0, "data.context_length", "must be positive")
+    _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
+    _check(config.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
+    _check(config.log_every_steps > 0, "log_every_steps", "must be positive")
+    for name, spec in config.evals.items():
+        _check(spec.get("type") in EVAL_TYPES, f"evals.{name}.type", f"{spec.get('type')!r} is not one of {EVAL_TYPES}")
+        _check(bool(spec.get("data")), f"evals.{name}.data", "needs a data source string")
+        _check(spec.get("every_steps", 0) > 0, f"evals.{name}.every_steps", "must be positive")
+        if spec.type == "zeroshot":
+            _check(bool(spec.get("templates")), f"evals.{name}.templates", "zero-shot needs prompt templates")

@@ -1,0 +1,31 @@
+"""The tf.data input pipeline: TFDS, webdataset and TFRecord shards, CSV, and `shapes`.
+
+    from clip_jax import data
+    pipeline = data.Pipeline("wds:/data/cc3m/{00000..00331}.tar", training=True, batch_size=256)
+    it = pipeline.iterator()              # numpy batches; it.get_state() / it.set_state(state)
+    batches = data.DevicePrefetcher(it, data.batch_sharding(mesh))   # global jax.Arrays
+
+Source strings are described in `spec`, resume in `iterator`, the batch
+layout in `pipeline`, the generated data set in `shapes`.
+"""
+from clip_jax.data.device import DevicePrefetcher, batch_sharding, make_global_batch
+from clip_jax.data.iterator import DataIterator
+from clip_jax.data.pipeline import Pipeline, make_dataset, make_iterator
+from clip_jax.data.preprocess import OPENAI_MEAN, OPENAI_STD
+from clip_jax.data.records import ERROR_KINDS, NoValidDataError
+from clip_jax.data.spec import parse_source
+
+__all__ = [
+    "ERROR_KINDS",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "DataIterator",
+    "DevicePrefetcher",
+    "NoValidDataError",
+    "Pipeline",
+    "batch_sharding",
+    "make_dataset",
+    "make_global_batch",
+    "make_iterator",
+    "parse_source",
+]

@@ -1,0 +1,303 @@
+"""The tf.data input pipeline: sources -> decode/augment -> batch -> tokenize.
+
+    pipeline = Pipeline("wds:/data/laion/{00000..01023}.tar", training=True, batch_size=256)
+    it = pipeline.iterator()                  # host-local numpy batches + get_state()/set_state()
+    batch = next(it)  # {"images": float32 [B, 224, 224, 3], "tokens": int32 [B, 77]}
+
+Records are read and ordered in Python (`producer`), where every example
+gets its stream index and the resume state after it; TensorFlow decodes and
+augments in parallel (per-example seeds from the stream index, so results do
+not depend on thread timing), batches, and tokenizes each batch with the
+configured tokenizer. An image that fails to decode is dropped and counted
+without disturbing the stream: each decode runs in its own one-element
+dataset with its own `ignore_errors`, so errors from anywhere else still stop
+the run.
+
+Batches: "images" float32 [B, S, S, 3] normalized; "tokens" int32 [B, L]
+(text=True; [B, K, L] with "caption_mask" bool [B, K] when num_captions K > 1);
+"labels" int32 [B] (labels=True); "mask" bool [B] in evaluation, where the
+last batch is padded to B (training drops the remainder instead).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from clip_jax.data import preprocess
+from clip_jax.data.iterator import DataIterator
+from clip_jax.data.producer import StateLayout, StreamState, initial_state, produce
+from clip_jax.data.records import ERROR_KINDS
+from clip_jax.data.sources import ReadOptions, make_source
+from clip_jax.data.spec import parse_mixture
+
+Tokenizer = Callable[[list[str]], np.ndarray]
+STATE_VERSION = 1
+# A run of this many images in a row that fail to decode means the data is unusable.
+MAX_CONSECUTIVE_DECODE_FAILURES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """Image geometry: output size and the training crop's area and aspect ranges."""
+
+    image_size: int = 224
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+class Pipeline:
+    """An input pipeline over one source or a weighted mixture, for one process.
+
+    Args:
+      source: a source string, a list of them (equal weights) or of (string, weight) pairs.
+      training: shuffle, random crops, one caption sampled per example, full batches only.
+      batch_size: examples per batch on this process.
+      image_size, crop_scale, crop_ratio: see `Augment`. mean, std: per-channel normalization.
+      tokenizer: a spec for `clip_jax.tokenizers.get_tokenizer` ("clip",
+        "sentencepiece:/path") or a callable list[str] -> int32 [N, context_length].
+      context_length: tokens per caption.
+      seed: the data order, crops and caption choices are functions of it.
+      process_index, process_count: this process's share (default: jax's).
+      image_key, caption_key, label_key: record fields ("a;b" lists alternatives);
+        None uses each kind's defaults; a source's `#` options override these.
+      text: read captions and emit tokens. labels: read labels and emit them.
+      num_captions: captions per example in evaluation (retrieval over COCO's five).
+      epochs: passes over the data; None means endless in training, one in evaluation.
+      resample: draw shards (or records) with replacement each epoch instead of permuting.
+      shuffle_buffer: block size of the block shuffle (records held in memory).
+      cycle_length: shards read round-robin at once.
+      chunk_size: examples handed from Python to tf.data at a time.
+    """
+
+    def __init__(
+        self,
+        source: str | Sequence[str | tuple[str, float]],
+        *,
+        training: bool,
+        batch_size: int,
+        image_size: int = 224,
+        tokenizer: str | Tokenizer = "clip",
+        context_length: int = 77,
+        seed: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        image_key: str | None = None,
+        caption_key: str | None = None,
+        label_key: str | None = None,
+        text: bool = True,
+        labels: bool = False,
+        num_captions: int = 1,
+        epochs: int | None = None,
+        resample: bool = False,
+        crop_scale: tuple[float, float] = (0.9, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        mean: tuple[float, float, float] = preprocess.OPENAI_MEAN,
+        std: tuple[float, float, float] = preprocess.OPENAI_STD,
+        shuffle_buffer: int = 10_000,
+        cycle_length: int = 8,
+        chunk_size: int = 64,
+    ):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} out of range for {process_count} processes")
+        if training and num_captions != 1:
+            raise ValueError("training samples one caption per example: num_captions must be 1")
+        _hide_gpus_from_tf()
+        mixture = parse_mixture(source)
+        self.read = ReadOptions(
+            training, seed, process_index, process_count, resample, shuffle_buffer, cycle_length,
+            image_key, caption_key, label_key, text, labels,
+        )
+        self.sources = [make_source(spec, i, self.read) for i, (spec, _) in enumerate(mixture)]
+        self.weights = [w for _, w in mixture]
+        self.batch_size, self.num_captions, self.chunk_size = batch_size, num_captions, chunk_size
+        self.epochs = epochs if epochs is not None or training else 1
+        self.augment = Augment(image_size, tuple(crop_scale), tuple(crop_ratio))
+        self._normalize = preprocess.Normalizer(mean, std)
+        self.layout = StateLayout(tuple(len(c) for c in initial_state(self.sources).cursors))
+        self.tokenizer: Tokenizer | None = None
+        if text:
+            if isinstance(tokenizer, str):
+                from clip_jax.tokenizers import get_tokenizer
+
+                tokenizer = get_tokenizer(tokenizer, context_length)
+            self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    # -- state --------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a saved state must match to be restored: everything that fixes the order."""
+        r = self.read
+        return {
+            "sources": [[s.spec.text, w] for s, w in zip(self.sources, self.weights, strict=True)],
+            "seed": r.seed,
+            "process_index": r.process_index,
+            "process_count": r.process_count,
+            "training": r.training,
+            "resample": r.resample,
+            "shuffle_buffer": r.shuffle_buffer,
+            "cycle_length": r.cycle_length,
+        }
+
+    def state_dict(self, state: StreamState) -> dict[str, Any]:
+        """A StreamState as a JSON-able dict with the fingerprint."""
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint(),
+            "examples": state.m,
+            "skipped": dict(zip(ERROR_KINDS, state.errors, strict=True)),
+            "cursors": [list(c) for c in state.cursors],
+        }
+
+    def parse_state(self, state: dict[str, Any] | None) -> StreamState:
+        """The StreamState of a dict from `state_dict` (None: the start); checks the fingerprint."""
+        if state is None:
+            return initial_state(self.sources)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported input pipeline state version {state.get('version')!r}")
+        saved, now = state["fingerprint"], self.fingerprint()
+        diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        if diff:
+            raise ValueError(f"input pipeline state was saved with other settings (saved, now): {diff}")
+        errors = tuple(int(state["skipped"].get(k, 0)) for k in ERROR_KINDS)
+        return StreamState(int(state["examples"]), errors, tuple(tuple(c) for c in state["cursors"]))
+
+    # -- tf.data ------------------------------------------------------------
+
+    def dataset(self, state: dict[str, Any] | None = None) -> tf.data.Dataset:
+        """Batches as (batch, meta) pairs, starting after `state` (a dict from `state_dict`).
+
+        meta: "state" int64 [D] (the StreamState after the batch's last
+        example, see StateLayout) and "decode_failures" int64 (images that
+        failed to decode in this dataset so far).
+        """
+        start = self.parse_state(state)
+
+        def generate():
+            return produce(
+                self.sources,
+                self.weights,
+                seed=self.read.seed,
+                epochs=self.epochs,
+                training=self.read.training,
+                num_captions=self.num_captions,
+                start=start,
+                chunk_size=self.chunk_size,
+            )
+
+        k = self.num_captions
+        signature = (
+            tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([None, k], tf.string),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None, self.layout.size], tf.int64),
+        )
+        ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+        ds = ds.map(lambda image, texts, count, label, m, st: dict(
+            image=image, texts=texts, count=count, label=label, m=m, state=st))
+        ds = ds.interleave(
+            self._decode_one, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        ds = ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), self._count_failures)
+        ds = ds.filter(lambda e: e["ok"])
+        ds = ds.batch(self.batch_size, drop_remainder=self.read.training)
+        ds = ds.map(self._finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    def iterator(self, state: dict[str, Any] | None = None) -> DataIterator:
+        """A resumable iterator of host-local numpy batches."""
+        return DataIterator(self, state)
+
+    def _decode_one(self, element: dict[str, tf.Tensor]) -> tf.data.Dataset:
+        """One example as a one-element dataset: decoded (ok=True), or a blank with ok=False."""
+        a = self.augment
+        seed = tf.stack([tf.constant(self.read.seed, tf.int64), element["m"]])
+
+        def decode(e: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+            if self.read.training:
+                image = preprocess.random_resized_crop(e["image"], seed, a.image_size, a.crop_scale, a.crop_ratio)
+            else:
+                image = preprocess.resize_center_crop(e["image"], a.image_size)
+            return {**e, "image": image, "ok": tf.constant(True)}
+
+        blank = {**element, "image": tf.zeros([a.image_size] * 2 + [3]), "ok": tf.constant(False)}
+        decoded = tf.data.Dataset.from_tensors(element).map(decode).ignore_errors()
+        return decoded.concatenate(tf.data.Dataset.from_tensors(blank)).take(1)
+
+    def _count_failures(
+        self, counts: tuple[tf.Tensor, tf.Tensor], e: dict[str, tf.Tensor]
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+        """Running (total, consecutive) decode failures; fails the run on a hopeless streak."""
+        failed = tf.cast(tf.logical_not(e["ok"]), tf.int64)
+        total, streak = counts[0] + failed, (counts[1] + 1) * failed
+        sources = ", ".join(s.spec.text for s in self.sources)  # no quotes: TF would escape them
+        limit = MAX_CONSECUTIVE_DECODE_FAILURES
+        message = f"NoValidDataError: data source(s) {sources}: {limit} images in a row failed to decode"
+        check = tf.debugging.Assert(streak < limit, [message])
+        with tf.control_dependencies([check]):
+            total = tf.identity(total)
+        return (total, streak), {**e, "failures": total}
+
+    def _tokenize(self, texts: np.ndarray) -> np.ndarray:
+        tokens = self.tokenizer([t.decode("utf-8") for t in texts.reshape(-1)])
+        return np.asarray(tokens, np.int32).reshape(*texts.shape, self.context_length)
+
+    def _finish_batch(self, e: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        """Tokenizes, pads evaluation batches to full size, and splits off the resume metadata."""
+        batch = {"images": e["image"]}  # pixel values; normalized below, at the final batch shape
+        if self.tokenizer is not None:
+            tokens = tf.numpy_function(self._tokenize, [e["texts"]], tf.int32, stateful=False)
+            tokens = tf.ensure_shape(tokens, [None, self.num_captions, self.context_length])
+            if self.num_captions == 1:
+                batch["tokens"] = tokens[:, 0]
+            else:
+                batch["tokens"] = tokens
+                batch["caption_mask"] = tf.range(self.num_captions)[None, :] < e["count"][:, None]
+        if self.read.labels:
+            batch["labels"] = e["label"]
+        meta = {"state": e["state"][-1], "decode_failures": e["failures"][-1]}
+        if not self.read.training:
+            n = tf.shape(e["image"])[0]
+            batch["mask"] = tf.ones([n], tf.bool)
+            batch = {k: _pad(v, self.batch_size) for k, v in batch.items()}
+        batch["images"] = self._normalize(batch["images"])
+        return batch, meta
+
+
+def _pad(x: tf.Tensor, size: int) -> tf.Tensor:
+    """Pads the leading axis with zeros (False) up to `size`."""
+    pad = size - tf.shape(x)[0]
+    padded = tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1))
+    padded.set_shape([size, *x.shape[1:]])
+    return padded
+
+
+def _hide_gpus_from_tf() -> None:
+    """Keeps TensorFlow off the accelerators JAX uses (no-op once TF has initialized them)."""
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_visible_devices([], "GPU")
+
+
+def make_dataset(source: str | Sequence[str | tuple[str, float]], **kwargs: Any) -> tf.data.Dataset:
+    """Batches as dicts (see the module docstring) without resume metadata; kwargs as for Pipeline."""
+    return Pipeline(source, **kwargs).dataset().map(lambda batch, meta: batch)
+
+
+def make_iterator(
+    source: str | Sequence[str | tuple[str, float]], state: dict[str, Any] | None = None, **kwargs: Any
+) -> DataIterator:
+    """A resumable iterator of numpy batches; kwargs as for Pipeline."""
+    return Pipeline(source, **kwargs).iterator(state)

@@ -1,0 +1,36 @@
+"""Evaluations of image-text models on plain iterables of numpy batch dicts.
+
+    from clip_jax import evaluation
+    metrics = evaluation.run_eval("zeroshot", encode_image=..., encode_text=...,
+                                  tokenizer=..., batches=..., classnames=[...])
+    # {"top1": ..., "top5": ..., "mean_per_class_recall": ...}
+
+Independent of the data pipeline and the train loop: encoders are callables
+(numpy batch -> [B, E]), batches are dicts of numpy arrays (see evaluator).
+"""
+from clip_jax.evaluation.batching import BatchedEncoder
+from clip_jax.evaluation.evaluator import EVAL_TYPES, embed_images, embed_retrieval, embed_texts, run_eval
+from clip_jax.evaluation.linear_probe import linear_probe
+from clip_jax.evaluation.ranking import positive_ranks, recall_at_k
+from clip_jax.evaluation.retrieval import retrieval_metrics
+from clip_jax.evaluation.templates import DEFAULT_TEMPLATES, OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS, get_templates
+from clip_jax.evaluation.zeroshot import zeroshot_classifier, zeroshot_metrics
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "EVAL_TYPES",
+    "OPENAI_IMAGENET_TEMPLATES",
+    "TEMPLATE_SETS",
+    "BatchedEncoder",
+    "embed_images",
+    "embed_retrieval",
+    "embed_texts",
+    "get_templates",
+    "linear_probe",
+    "positive_ranks",
+    "recall_at_k",
+    "retrieval_metrics",
+    "run_eval",
+    "zeroshot_classifier",
+    "zeroshot_metrics",
+]

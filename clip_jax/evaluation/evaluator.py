@@ -1,0 +1,147 @@
+"""Runs encoders over iterables of numpy batch dicts and dispatches to the evaluations.
+
+Batches are dicts of numpy arrays with a leading batch axis B:
+  "images" float32 [B, H, W, 3], "tokens" int32 [B, L], "labels" int [B],
+  "image_ids" [B] (retrieval: the image of each caption row, ints or strings),
+  and optionally "mask" bool [B], False on padding rows (of a final partial
+  batch), which are dropped. Encoders always see B rows (see BatchedEncoder).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from clip_jax.evaluation.batching import BatchedEncoder, Encoder
+from clip_jax.evaluation.linear_probe import linear_probe
+from clip_jax.evaluation.retrieval import retrieval_metrics
+from clip_jax.evaluation.templates import DEFAULT_TEMPLATES, get_templates
+from clip_jax.evaluation.zeroshot import Tokenizer, zeroshot_classifier, zeroshot_metrics
+
+Batch = Mapping[str, np.ndarray]
+
+EVAL_TYPES = ("zeroshot", "retrieval", "linear_probe")
+
+
+def embed_images(encode_image: Encoder, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray | None]:
+    """encode_image over the "images" of every batch: (float32 [N, E], "labels" [N] or None)."""
+    return _embed(encode_image, batches, "images")
+
+
+def embed_texts(encode_text: Encoder, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray | None]:
+    """encode_text over the "tokens" of every batch: (float32 [N, E], "labels" [N] or None)."""
+    return _embed(encode_text, batches, "tokens")
+
+
+def embed_retrieval(
+    encode_image: Encoder, encode_text: Encoder, batches: Iterable[Batch]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Caption rows ("images", "tokens", "image_ids") -> embeddings, each image encoded once.
+
+    Returns:
+      image embeddings float32 [Ni, E] in order of first appearance, caption
+      embeddings float32 [Nt, E], and text_to_image int [Nt] indexing the first.
+    """
+    fields = ("images", "tokens", "image_ids")
+    batch_size, batches = _first_batch_size(batches, fields)
+    images, texts = BatchedEncoder(encode_image, batch_size), BatchedEncoder(encode_text, batch_size)
+    image_index: dict[object, int] = {}
+    text_to_image: list[int] = []
+    for batch in batches:
+        _require(batch, fields)
+        keep = _valid_rows(batch)
+        texts.add(np.asarray(batch["tokens"])[keep])
+        is_new = []
+        for image_id in np.asarray(batch["image_ids"])[keep].tolist():
+            is_new.append(image_id not in image_index)
+            text_to_image.append(image_index.setdefault(image_id, len(image_index)))
+        images.add(np.asarray(batch["images"])[keep][np.asarray(is_new, bool)])
+    return images.result(), texts.result(), np.asarray(text_to_image)
+
+
+def run_eval(
+    eval_type: str,
+    *,
+    encode_image: Encoder,
+    encode_text: Encoder,
+    tokenizer: Tokenizer,
+    batches: Iterable[Batch],
+    classnames: Sequence[str] | None = None,
+    templates: str | Sequence[str] | None = None,
+    train_batches: Iterable[Batch] | None = None,
+) -> dict[str, float]:
+    """One evaluation of a model given as its two encoders; metric name -> value.
+
+    eval_type:
+      'zeroshot': batches of "images" and "labels"; needs classnames;
+        templates is a set name or a list (default "openai_imagenet").
+        -> top1, top5, mean_per_class_recall.
+      'retrieval': caption rows of "images", "tokens", "image_ids".
+        -> i2t_R@{1,5,10}, t2i_R@{1,5,10}.
+      'linear_probe': train_batches and batches of "images" and "labels".
+        -> top1.
+    """
+    if eval_type == "zeroshot":
+        if not classnames:
+            raise ValueError("A 'zeroshot' eval needs classnames")
+        embeds, labels = embed_images(encode_image, batches)
+        labels = _labels(labels, eval_type)
+        classifier = zeroshot_classifier(
+            encode_text, tokenizer, classnames, get_templates(DEFAULT_TEMPLATES if templates is None else templates)
+        )
+        return zeroshot_metrics(embeds, labels, classifier)
+    if eval_type == "retrieval":
+        return retrieval_metrics(*embed_retrieval(encode_image, encode_text, batches))
+    if eval_type == "linear_probe":
+        if train_batches is None:
+            raise ValueError("A 'linear_probe' eval needs train_batches")
+        train_embeds, train_labels = embed_images(encode_image, train_batches)
+        test_embeds, test_labels = embed_images(encode_image, batches)
+        return linear_probe(
+            train_embeds, _labels(train_labels, eval_type), test_embeds, _labels(test_labels, eval_type)
+        )
+    raise ValueError(f"Unknown eval type {eval_type!r}: expected one of {EVAL_TYPES}")
+
+
+def _embed(encode: Encoder, batches: Iterable[Batch], field: str) -> tuple[np.ndarray, np.ndarray | None]:
+    batch_size, batches = _first_batch_size(batches, (field,))
+    encoder = BatchedEncoder(encode, batch_size)
+    labels, num_batches = [], 0
+    for batch in batches:
+        _require(batch, (field,))
+        keep = _valid_rows(batch)
+        encoder.add(np.asarray(batch[field])[keep])
+        if "labels" in batch:
+            labels.append(np.asarray(batch["labels"])[keep])
+        num_batches += 1
+    if labels and len(labels) != num_batches:
+        raise ValueError(f"'labels' is in {len(labels)} of {num_batches} batches; it must be in all or none")
+    return encoder.result(), (np.concatenate(labels) if labels else None)
+
+
+def _first_batch_size(batches: Iterable[Batch], fields: Sequence[str]) -> tuple[int, Iterator[Batch]]:
+    """The batch size B (rows of the first batch, padding included) and all batches again."""
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("Got no batches")
+    _require(first, fields)
+    return len(first[fields[0]]), itertools.chain([first], iterator)
+
+
+def _require(batch: Batch, fields: Sequence[str]) -> None:
+    missing = [field for field in fields if field not in batch]
+    if missing:
+        raise ValueError(f"Batch lacks field(s) {missing}: it has {sorted(batch)}, needs {list(fields)}")
+
+
+def _valid_rows(batch: Batch) -> np.ndarray | slice:
+    """Index of the rows to keep: where "mask" is True, or all rows."""
+    return np.asarray(batch["mask"], bool) if "mask" in batch else slice(None)
+
+
+def _labels(labels: np.ndarray | None, eval_type: str) -> np.ndarray:
+    if labels is None:
+        raise ValueError(f"A {eval_type!r} eval needs a 'labels' field in its batches")
+    return labels

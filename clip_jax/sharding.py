@@ -1,0 +1,88 @@
+"""Device mesh and parameter placement: one Mesh ('data', 'fsdp', 'tensor') and a rule table.
+
+The batch is split over ('data', 'fsdp'). Parameters carry logical axis names
+(set in the models); LOGICAL_RULES maps them to mesh axes: 'embed' over
+'fsdp' gives FSDP / ZeRO-3 (parameters and optimizer state sharded, gathered
+per use by XLA), 'mlp' / 'heads' / 'vocab' over 'tensor' give tensor
+parallelism. A dimension that a mesh axis does not divide stays replicated.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
+    ("embed", "fsdp"),
+    ("conv_out", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("joint_embed", None),
+    ("conv_in", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+    """Resolves -1 ("the rest") in {'data', 'fsdp', 'tensor'} sizes for `num_devices` devices."""
+    shape = [int(sizes[a]) for a in MESH_AXES]
+    known = int(np.prod([s for s in shape if s != -1]))
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"config.mesh: {dict(zip(MESH_AXES, shape))} does not divide {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
+        raise ValueError(f"config.mesh: {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(sizes: Mapping[str, int], devices: list[jax.Device] | None = None) -> Mesh:
+    """A Mesh over all (or the given) devices with Auto axes, so GSPMD propagates shardings."""
+    devices = devices or jax.devices()
+    shape = mesh_shape(sizes, len(devices))
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over data and fsdp, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+    """Drops mesh axes from dimensions they do not divide."""
+    axes = []
+    for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axis,) if isinstance(axis, str) else tuple(axis or ())
+        size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+        axes.append(axis if size > 1 and dim % size == 0 else None)
+    return PartitionSpec(*axes)
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """NamedShardings for a tree of nn.LogicallyPartitioned (e.g. from jax.eval_shape(model.init)).
+
+    Leaves without logical names (e.g. batch statistics) are replicated.
+    """
+    logical_specs = nn.get_partition_spec(boxed_tree)
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    shapes = nn.meta.unbox(boxed_tree)
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+        mesh_specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )

@@ -1,0 +1,272 @@
+"""The sharded train step: model forward, cross-device contrastive loss, optimizer update.
+
+State is a dict {'step', 'params', 'batch_stats', 'opt_state'}; the step is one
+`jax.jit` with explicit shardings and the state donated. Embeddings come out of
+the model split over the batch axes ('data', 'fsdp'); the loss runs in a
+`jax.shard_map` over those axes through the losses' `axis_name` forms, so every
+device's samples are negatives for every other's.
+
+With `num_microbatches` M > 1 the step accumulates gradients without losing
+negatives: it embeds all M micro-batches without gradients, takes the loss
+gradient with respect to the embeddings of the whole batch, then re-runs each
+micro-batch and pushes that gradient into the parameters (a VJP), so the
+gradient is the full batch's while activations are held for one micro-batch.
+(BatchNorm models normalise each micro-batch with its own statistics.)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from clip_jax import losses, optim
+from clip_jax.metric_logging import compiled_flops
+from clip_jax.sharding import BATCH_AXES, logical_shardings
+
+State = dict[str, Any]
+Batch = dict[str, jax.Array]
+
+
+def loss_function(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
+    """(image_embeds, text_embeds, logit_scale, logit_bias, axis_name) -> scalar loss, by config.loss."""
+    if config.loss == "clip":
+        return lambda x, y, scale, bias, axis_name: losses.clip_loss(
+            x, y, scale, axis_name, impl=config.loss_impl, block_size=config.loss_block_size
+        )
+    if config.loss == "siglip":
+        return lambda x, y, scale, bias, axis_name: losses.sigmoid_loss(
+            x, y, scale, bias, axis_name, impl=config.loss_impl, block_size=config.loss_block_size
+        )
+    if config.loss == "clip_lite":
+        return lambda x, y, scale, bias, axis_name: losses.clip_lite_loss(x, y, scale, axis_name)
+    raise ValueError(f"config.loss: unknown loss {config.loss!r}")
+
+
+def global_loss_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[..., tuple[jax.Array, dict]]:
+    """(image_embeds [B, E], text_embeds [B, E], scalars {'logit_scale', 'logit_bias'?}) -> (loss, metrics).
+
+    Embeddings are split over the batch axes; the loss of the global batch and
+    the in-batch metrics come back replicated.
+    """
+    loss = loss_function(config)
+    block_size = config.loss_block_size
+
+    def local(image_embeds, text_embeds, scalars):
+        scale = jnp.exp(scalars["logit_scale"])
+        bias = scalars.get("logit_bias")
+        value = loss(image_embeds, text_embeds, scale, bias, BATCH_AXES)
+        metrics = losses.contrastive_metrics(
+            image_embeds, text_embeds, scale, bias, BATCH_AXES, block_size=min(block_size, image_embeds.shape[0])
+        )
+        return value, metrics
+
+    batch = PartitionSpec(BATCH_AXES)
+    return jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, PartitionSpec()), out_specs=PartitionSpec())
+
+
+def scalar_params(params: Any) -> dict[str, jax.Array]:
+    """The loss's own parameters: logit_scale (log of the multiplier) and logit_bias where present."""
+    return {k: params[k] for k in ("logit_scale", "logit_bias") if k in params}
+
+
+def make_embed_fn(model: nn.Module) -> Callable[..., tuple[tuple[jax.Array, jax.Array], Any]]:
+    """(params, batch_stats, images, tokens) -> ((image_embeds, text_embeds) L2-normalized, new batch_stats)."""
+
+    def embed(params, batch_stats, images, tokens):
+        if batch_stats:
+            out, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats}, images, tokens, train=True, mutable=["batch_stats"]
+            )
+            batch_stats = updates["batch_stats"]
+        else:
+            out = model.apply({"params": params}, images, tokens)
+        return (out["image_embeds"], out["text_embeds"]), batch_stats
+
+    return embed
+
+
+def _to_microbatches(x: jax.Array, num: int, mesh: Mesh) -> jax.Array:
+    """[B, ...] -> [M, B/M, ...], micro-batch m holding rows m, M + m, 2M + m, ...
+
+    Strided rows keep every micro-batch spread evenly over the devices that
+    hold the batch, so no data moves between devices.
+    """
+    x = x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(None, BATCH_AXES)))
+
+
+def _from_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Inverse of `_to_microbatches`: [M, B/M, ...] -> [B, ...]."""
+    x = x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
+
+
+def loss_and_grads(
+    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, state: State, batch: Batch
+) -> tuple[jax.Array, dict, Any, Any]:
+    """(loss, metrics, grads, new batch_stats) of the global batch, accumulated over micro-batches."""
+    embed = make_embed_fn(model)
+    global_loss = global_loss_fn(config, mesh)
+    params, batch_stats = state["params"], state["batch_stats"]
+    num = config.num_microbatches
+
+    if num == 1:
+
+        def total_loss(params):
+            (x, y), new_stats = embed(params, batch_stats, batch["images"], batch["tokens"])
+            loss, metrics = global_loss(x, y, scalar_params(params))
+            return loss, (metrics, new_stats)
+
+        (loss, (metrics, new_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
+        return loss, metrics, grads, new_stats
+
+    images = _to_microbatches(batch["images"], num, mesh)
+    tokens = _to_microbatches(batch["tokens"], num, mesh)
+
+    def embed_microbatch(stats, inputs):
+        embeddings, stats = embed(params, stats, *inputs)
+        return stats, embeddings
+
+    new_stats, (xs, ys) = jax.lax.scan(embed_microbatch, batch_stats, (images, tokens))
+    x, y = _from_microbatches(xs, mesh), _from_microbatches(ys, mesh)
+    (loss, metrics), (dx, dy, dscalars) = jax.value_and_grad(global_loss, argnums=(0, 1, 2), has_aux=True)(
+        x, y, scalar_params(params)
+    )
+
+    def backprop_microbatch(grads, inputs):
+        mb_images, mb_tokens, mb_dx, mb_dy = inputs
+        _, vjp = jax.vjp(lambda p: embed(p, batch_stats, mb_images, mb_tokens)[0], params)
+        return jax.tree.map(jnp.add, grads, vjp((mb_dx, mb_dy))[0]), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, _ = jax.lax.scan(
+        backprop_microbatch, zeros, (images, tokens, _to_microbatches(dx, num, mesh), _to_microbatches(dy, num, mesh))
+    )
+    grads = {**grads, **{k: grads[k] + g for k, g in dscalars.items()}}
+    return loss, metrics, grads, new_stats
+
+
+def make_train_step(
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+    """The (unjitted) train step: state, batch -> new state, replicated scalar metrics."""
+    max_log_scale = math.log(config.max_logit_scale)
+
+    def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
+        loss, metrics, grads, batch_stats = loss_and_grads(model, config, mesh, state, batch)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], max_log_scale)}
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "learning_rate": schedule(state["step"]),
+            "logit_scale": jnp.exp(params["logit_scale"]),
+            **({"logit_bias": params["logit_bias"]} if "logit_bias" in params else {}),
+        }
+        new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+        return new_state, metrics
+
+    return train_step
+
+
+def init_state_fn(
+    model: nn.Module, optimizer: optax.GradientTransformation, image_size: int, context_length: int,
+    param_shardings: Any, mesh: Mesh,
+) -> Callable[[jax.Array], State]:
+    """rng -> fresh train state; parameters and their optimizer moments laid out by `param_shardings`."""
+
+    def init(rng: jax.Array) -> State:
+        variables = model.init(
+            rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), jnp.zeros((1, context_length), jnp.int32)
+        )
+        params = jax.lax.with_sharding_constraint(nn.meta.unbox(variables["params"]), param_shardings)
+        opt_state = optimizer.init(params)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        opt_shardings = optax.tree_map_params(
+            optimizer, lambda _, sharding: sharding, opt_state, param_shardings,
+            transform_non_params=lambda _: replicated,
+        )
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": jax.lax.with_sharding_constraint(opt_state, opt_shardings),
+        }
+
+    return init
+
+
+def compile_init(
+    model: nn.Module, optimizer: optax.GradientTransformation, image_size: int, context_length: int,
+    param_shardings: Any, mesh: Mesh, rng: jax.Array,
+) -> tuple[Callable[[jax.Array], State], State]:
+    """(compiled init, abstract state): the state's shapes and shardings without allocating it."""
+    init = init_state_fn(model, optimizer, image_size, context_length, param_shardings, mesh)
+    compiled = jax.jit(init).lower(rng).compile()
+    abstract = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        jax.eval_shape(init, rng),
+        compiled.output_shardings,
+    )
+    return compiled, abstract
+
+
+def state_shardings(abstract_state: State) -> Any:
+    return jax.tree.map(lambda x: x.sharding, abstract_state)
+
+
+def jit_train_step(
+    step_fn: Callable, state_shardings: Any, mesh: Mesh
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+    """One jit with explicit in/out shardings and the state donated."""
+    batch = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch),
+        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=0,
+    )
+
+
+
+class CompiledTraining(NamedTuple):
+    """What a training run compiles before its first step."""
+
+    init: Callable[[jax.Array], State]  # rng -> fresh state
+    abstract_state: State  # ShapeDtypeStructs with shardings: the restore target
+    step: Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]
+    flops_per_step: float | None  # per device, from XLA's cost analysis
+
+
+def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array) -> CompiledTraining:
+    """Lays out the state over `mesh` and compiles init and the train step for config.batch_size."""
+    optimizer = optim.make_optimizer(config)
+    image_size, context_length = model.visual.image_size, config.data.context_length
+    dummy = (jnp.zeros((1, image_size, image_size, 3)), jnp.zeros((1, context_length), jnp.int32))
+    param_shardings = logical_shardings(jax.eval_shape(model.init, rng, *dummy)["params"], mesh)
+    init, abstract_state = compile_init(model, optimizer, image_size, context_length, param_shardings, mesh, rng)
+    step_fn = jit_train_step(
+        make_train_step(model, config, mesh, optimizer, optim.learning_rate_schedule(config)),
+        state_shardings(abstract_state),
+        mesh,
+    )
+    batch = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    abstract_batch = {
+        "images": jax.ShapeDtypeStruct((config.batch_size, image_size, image_size, 3), jnp.float32, sharding=batch),
+        "tokens": jax.ShapeDtypeStruct((config.batch_size, context_length), jnp.int32, sharding=batch),
+    }
+    step = step_fn.lower(abstract_state, abstract_batch).compile()
+    return CompiledTraining(init, abstract_state, step, compiled_flops(step))

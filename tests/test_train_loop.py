@@ -1,0 +1,175 @@
+"""End to end through `python -m clip_jax.main`: logging, evals, resume after SIGKILL, SIGTERM, init_from."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from clip_jax.weights import load_variables
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TEST_CONFIG = f'''
+import runpy
+import ml_collections
+
+
+def get_config():
+    config = runpy.run_path({os.path.join(REPO, "configs", "tiny.py")!r})["get_config"]()
+    config.model_overrides = ml_collections.ConfigDict(dict(
+        embed_dim=32,
+        vision=dict(width=64, layers=1, head_width=32),
+        text=dict(width=64, heads=2, layers=1, context_length=24),
+    ))
+    config.batch_size = 16
+    config.total_steps = 40
+    config.optimizer.warmup_steps = 4
+    config.checkpoint_every_steps = 5
+    config.log_every_steps = 5
+    config.evals.shapes_heldout.data = "shapes:eval#size=32&n=48"
+    config.evals.shapes_heldout.every_steps = 40
+    del config.evals["shapes_val"]
+    return config
+'''
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "test_config.py"
+    path.write_text(TEST_CONFIG)
+    return str(path)
+
+
+def main_command(config_file, workdir, *overrides):
+    return [sys.executable, "-m", "clip_jax.main", f"--config={config_file}", f"--workdir={workdir}", *overrides]
+
+
+def run_main(config_file, workdir, *overrides):
+    result = subprocess.run(main_command(config_file, workdir, *overrides), capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_params(workdir, step=None):
+    variables, metadata = load_variables(os.path.join(workdir, "checkpoints"), step)
+    return variables["params"], metadata
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(config_file, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    result = run_main(config_file, workdir)
+    return workdir, result
+
+
+def test_run_logs_metrics_checkpoints_and_evals(uninterrupted):
+    workdir, result = uninterrupted
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(5, 41, 5))
+    for key in ("loss", "learning_rate", "logit_scale", "grad_norm", "i2t_top1", "samples_per_second", "step_time"):
+        assert all(np.isfinite(r[key]) for r in train), key
+    assert train[-1]["loss"] < train[0]["loss"]
+    evals = [r for r in records if "shapes_heldout/top1" in r]
+    assert [r["step"] for r in evals] == [40] and 0 <= evals[0]["shapes_heldout/top1"] <= 1
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    checkpoints = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert checkpoints == [30, 35, 40]  # keep_checkpoints = 3
+    assert "ETA" in result.stderr  # the progress line
+    _, metadata = final_params(workdir)
+    assert metadata["model"] == "ViT-Tiny-8" and metadata["overrides"]["text"]["layers"] == 1
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(config_file, uninterrupted, tmp_path):
+    workdir = str(tmp_path / "killed")
+    process = subprocess.Popen(
+        main_command(config_file, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+    )
+    checkpoint = os.path.join(workdir, "checkpoints", "10")
+    deadline = time.time() + 300
+    while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    assert 10 <= max(steps) < 40
+    run_main(config_file, workdir)
+    resumed, _ = final_params(workdir)
+    expected, _ = final_params(uninterrupted[0])
+    jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+
+
+def test_sigterm_saves_and_stops(config_file, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    process = subprocess.Popen(
+        main_command(config_file, workdir, "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    assert len(steps) == 1 and 5 <= steps[0] < 100000
+
+
+def test_init_from_starts_at_given_weights(config_file, uninterrupted, tmp_path):
+    workdir = str(tmp_path / "finetune")
+    run_main(
+        config_file, workdir, f"--config.init_from={uninterrupted[0]}", "--config.total_steps=1",
+        "--config.optimizer.warmup_steps=0", "--config.optimizer.learning_rate=1e-9",
+        "--config.evals.shapes_heldout.every_steps=1000",
+    )
+    started, _ = final_params(workdir)
+    source, _ = final_params(uninterrupted[0])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), started, source)
+
+
+def test_bad_config_field_is_named_before_compiling(config_file, tmp_path):
+    result = subprocess.run(
+        main_command(config_file, str(tmp_path), "--config.loss=infonce"), capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode != 0
+    assert "config.loss" in result.stderr and "infonce" in result.stderr
+
+
+def test_two_processes_train_as_one_cluster(config_file, tmp_path):
+    """Two processes of 4 CPU devices each form one 8-device cluster (gloo collectives)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = str(tmp_path / "multiprocess")
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+    }
+    processes = [
+        subprocess.Popen(
+            main_command(
+                config_file, workdir, "--config.total_steps=5",
+                f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+            ),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[1] for p in processes]
+    for p, err in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "process 0 of 2, 8 devices" in outputs[0] and "process 1 of 2, 8 devices" in outputs[1]
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in records if "loss" in r] == [5]  # written once, by process 0
+    assert any("shapes_heldout/top1" in r for r in records)
+    params, _ = final_params(workdir)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
