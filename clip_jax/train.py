@@ -15,17 +15,18 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import ml_collections
+from flax import traverse_util
 import numpy as np
 from clu import parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from clip_jax import checkpointing, data, evaluation, metric_logging, sharding, train_step, weights
 from clip_jax.config import validate
+from clip_jax.convert import stack_layers, unstack_layers
 from clip_jax.models import CLIP, create_model
 from clip_jax.tokenizers import get_tokenizer
 
@@ -64,17 +65,24 @@ class Preemption:
 
 
 def _load_init_weights(path: str, state: dict[str, Any], shardings: dict[str, Any]) -> dict[str, Any]:
-    """Replaces params (and batch_stats) with converted weights or another run's newest checkpoint."""
+    """Replaces params (and batch_stats) with converted weights or another run's newest checkpoint.
+
+    Layer stacks are converted between the scanned and the plain layout as the model needs.
+    """
     run_checkpoints = os.path.join(path, "checkpoints")
     variables, _ = weights.load_variables(run_checkpoints if os.path.isdir(run_checkpoints) else path)
-    for collection in ("params", "batch_stats"):
-        expected = jax.tree.map(lambda x: x.shape, state[collection])
-        found = jax.tree.map(lambda x: x.shape, variables.get(collection, {}))
-        if expected != found:
-            raise ValueError(f"config.init_from: the {collection} in {path} do not fit config.model")
-        state[collection] = jax.device_put(
-            jax.tree.map(lambda x: np.asarray(x, np.float32), variables.get(collection, {})), shardings[collection]
-        )
+    expected = jax.tree.map(lambda x: x.shape, {k: state[k] for k in ("params", "batch_stats")})
+    for layout in (lambda v: v, stack_layers, unstack_layers):
+        candidate = {k: layout(variables.get(k, {})) for k in ("params", "batch_stats")}
+        if jax.tree.map(lambda x: x.shape, candidate) == expected:
+            break
+    else:
+        want = traverse_util.flatten_dict(expected, sep="/")
+        found = traverse_util.flatten_dict(jax.tree.map(lambda x: x.shape, variables), sep="/")
+        differ = sorted(k for k in want.keys() | found.keys() if want.get(k) != found.get(k))
+        raise ValueError(f"config.init_from: the parameters in {path} do not fit the model; they differ at {differ[:6]}")
+    for collection, values in candidate.items():
+        state[collection] = jax.device_put(jax.tree.map(lambda x: np.asarray(x, np.float32), values), shardings[collection])
     log.info("initialised parameters from %s", path)
     return state
 

@@ -7,7 +7,9 @@ of batch 64 on `shapes` (coloured shapes with varied captions). On 2 CPU cores
 it takes about 4.5 minutes and ends with zero-shot top-1 (prompted with the
 shape names; chance 1/6 = 0.167) of about 0.7 on fresh images of the training
 (shape, colour) combinations (`shapes_val/top1`: 0.73 in our last run) and
-about 0.6 on the held-out combinations (`shapes_heldout/top1`: 0.62).
+about 0.6 on the held-out combinations (`shapes_heldout/top1`: 0.62), and
+image-text retrieval over 500 images with two captions each
+(`shapes_retrieval/i2t_R@1`, `t2i_R@1`).
 """
 import ml_collections
 
@@ -36,5 +38,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.evals = ml_collections.ConfigDict({
         "shapes_val": dict(zeroshot, data="shapes:val#size=32&n=500"),
         "shapes_heldout": dict(zeroshot, data="shapes:eval#size=32&n=500"),
+        "shapes_retrieval": dict(type="retrieval", data="shapes:val#size=32&n=500", num_captions=2, every_steps=300),
     })
     return config

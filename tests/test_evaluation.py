@@ -368,3 +368,31 @@ def test_run_eval_errors(tiny):
         evaluation.run_eval("linear_probe", **tiny, batches=[images])
     with pytest.raises(ValueError, match="'labels' field"):
         evaluation.run_eval("zeroshot", **tiny, batches=[images], classnames=["a", "b"], templates="simple")
+
+
+def test_run_eval_retrieval_image_rows_equal_caption_rows(tiny):
+    """The input pipeline's layout (tokens [B, K, L] + caption_mask) gives the caption-row metrics."""
+    rng = np.random.default_rng(8)
+    images = _random_images(rng, 6)
+    text_to_image = np.array([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 5])
+    tokens = tiny["tokenizer"]([f"caption {i} of image {j}" for i, j in enumerate(text_to_image)])
+    per_image = np.zeros((6, 3, tokens.shape[1]), np.int32)
+    caption_mask = np.zeros((6, 3), bool)
+    for image in range(6):
+        rows = np.flatnonzero(text_to_image == image)
+        per_image[image, : len(rows)] = tokens[rows]
+        caption_mask[image, : len(rows)] = True
+    batches = [
+        {
+            "images": _padded(images[rows], 4, np.nan),
+            "tokens": _padded(per_image[rows], 4, 0),
+            "caption_mask": _padded(caption_mask[rows], 4, False),
+            "mask": np.arange(rows.start, rows.stop) < 6,
+        }
+        for rows in (slice(0, 4), slice(4, 8))
+    ]
+    metrics = evaluation.run_eval("retrieval", **tiny, batches=batches)
+    expected = evaluation.retrieval_metrics(
+        _direct(tiny["encode_image"], images, 8), _direct(tiny["encode_text"], tokens, 8), text_to_image
+    )
+    assert metrics == pytest.approx(expected, abs=1e-6)

@@ -8,7 +8,6 @@ import glob
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 

@@ -37,26 +37,41 @@ def embed_texts(encode_text: Encoder, batches: Iterable[Batch]) -> tuple[np.ndar
 def embed_retrieval(
     encode_image: Encoder, encode_text: Encoder, batches: Iterable[Batch]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Caption rows ("images", "tokens", "image_ids") -> embeddings, each image encoded once.
+    """Images and their captions -> embeddings, each image encoded once.
+
+    Batches come in either layout:
+      caption rows: "images", "tokens" [B, L], "image_ids" [B] (the image of
+        each caption; repeated ids are encoded once);
+      image rows (the input pipeline's, num_captions=K): "images", "tokens"
+        [B, K, L], "caption_mask" [B, K] (which of the K captions exist).
 
     Returns:
       image embeddings float32 [Ni, E] in order of first appearance, caption
       embeddings float32 [Nt, E], and text_to_image int [Nt] indexing the first.
     """
-    fields = ("images", "tokens", "image_ids")
-    batch_size, batches = _first_batch_size(batches, fields)
+    batch_size, batches = _first_batch_size(batches, ("images", "tokens"))
     images, texts = BatchedEncoder(encode_image, batch_size), BatchedEncoder(encode_text, batch_size)
     image_index: dict[object, int] = {}
     text_to_image: list[int] = []
     for batch in batches:
-        _require(batch, fields)
         keep = _valid_rows(batch)
-        texts.add(np.asarray(batch["tokens"])[keep])
+        batch_images, tokens = np.asarray(batch["images"])[keep], np.asarray(batch["tokens"])[keep]
+        if tokens.ndim == 3:
+            _require(batch, ("images", "tokens", "caption_mask"))
+            captions = np.asarray(batch["caption_mask"], bool)[keep]
+            first = len(image_index)
+            image_index.update((("row", first + i), first + i) for i in range(len(batch_images)))
+            images.add(batch_images)
+            texts.add(tokens[captions])
+            text_to_image.extend(np.repeat(np.arange(first, first + len(batch_images)), captions.sum(axis=1)).tolist())
+            continue
+        _require(batch, ("images", "tokens", "image_ids"))
+        texts.add(tokens)
         is_new = []
         for image_id in np.asarray(batch["image_ids"])[keep].tolist():
             is_new.append(image_id not in image_index)
             text_to_image.append(image_index.setdefault(image_id, len(image_index)))
-        images.add(np.asarray(batch["images"])[keep][np.asarray(is_new, bool)])
+        images.add(batch_images[np.asarray(is_new, bool)])
     return images.result(), texts.result(), np.asarray(text_to_image)
 
 
@@ -77,7 +92,8 @@ def run_eval(
       'zeroshot': batches of "images" and "labels"; needs classnames;
         templates is a set name or a list (default "openai_imagenet").
         -> top1, top5, mean_per_class_recall.
-      'retrieval': caption rows of "images", "tokens", "image_ids".
+      'retrieval': caption rows ("images", "tokens", "image_ids") or image rows
+        ("images", "tokens" [B, K, L], "caption_mask"); see embed_retrieval.
         -> i2t_R@{1,5,10}, t2i_R@{1,5,10}.
       'linear_probe': train_batches and batches of "images" and "labels".
         -> top1.
