@@ -85,8 +85,9 @@ def main() -> None:
     print(f"{'model':<14} {'step s':>8} {'samples/s':>10} {'TFLOP/s/dev':>12} {'MFU':>6} {'compile s':>10}")
     for name in args.models.split(","):
         r = benchmark(name, args)
+        mfu = "-" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"  # NaN: no known peak for this device
         print(f"{r['model']:<14} {r['step_s']:8.3f} {r['samples_s']:10.1f} {r['tflops_dev']:12.3f} "
-              f"{r['mfu']:6.1%} {r['compile_s']:10.1f}")
+              f"{mfu:>6} {r['compile_s']:10.1f}")
 
 
 if __name__ == "__main__":
