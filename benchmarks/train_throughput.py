@@ -6,8 +6,11 @@
 Compiles the real train step (model, cross-device loss, AdamW update) for each
 model over all local devices (mesh data = all), feeds it one random batch
 again and again (no input pipeline: see benchmarks/input_pipeline.py), and
-reports the median of --steps timed steps after --warmup. FLOPs come from XLA's
-cost analysis of the compiled step; MFU needs a known device peak.
+reports the median of --steps timed steps after --warmup. Model FLOPs come from
+XLA's cost analysis of the plain step (no scan, remat or micro-batches),
+temporary memory per device from the compiled step's memory analysis; MFU needs
+a known device peak. --microbatches 1,4 shows what
+gradient accumulation saves.
 """
 import argparse
 import statistics
@@ -30,15 +33,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--remat", default="none", help="remat policy")
     parser.add_argument("--loss-impl", default="all_gather", choices=["all_gather", "blockwise"])
     parser.add_argument("--fsdp", type=int, default=1, help="mesh fsdp size (data = the rest)")
+    parser.add_argument("--microbatches", default="1", help="comma-separated gradient accumulation settings")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     return parser.parse_args()
 
 
-def benchmark(name: str, args: argparse.Namespace) -> dict:
+def benchmark(name: str, microbatches: int, args: argparse.Namespace) -> dict:
     config = default_config()
     config.update(model=name, dtype=args.dtype, remat_policy=args.remat, batch_size=args.batch_size,
-                  loss_impl=args.loss_impl, total_steps=1000)
+                  loss_impl=args.loss_impl, total_steps=1000, num_microbatches=microbatches)
     config.optimizer.warmup_steps = 10
     config.mesh.fsdp = args.fsdp
     model, _ = build_model(config)
@@ -65,10 +69,12 @@ def benchmark(name: str, args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    flops = compiled.flops_per_step
+    flops = compiled.model_flops / jax.device_count() if compiled.model_flops else None  # per device
     peak = peak_flops_per_device(jax.devices()[0])
     return {
         "model": name,
+        "microbatches": microbatches,
+        "temp_mib": compiled.step.memory_analysis().temp_size_in_bytes / 2**20,
         "step_s": seconds,
         "samples_s": args.batch_size / seconds,
         "tflops_dev": flops / seconds / 1e12 if flops else float("nan"),
@@ -82,12 +88,14 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"{jax.device_count()} x {device.device_kind} ({device.platform}), batch {args.batch_size}, "
           f"{args.dtype}, remat {args.remat}, loss {args.loss_impl}, fsdp {args.fsdp}")
-    print(f"{'model':<14} {'step s':>8} {'samples/s':>10} {'TFLOP/s/dev':>12} {'MFU':>6} {'compile s':>10}")
+    print(f"{'model':<14} {'micro':>5} {'temp MiB':>9} {'step s':>8} {'samples/s':>10} {'TFLOP/s/dev':>12} "
+          f"{'MFU':>6} {'compile s':>10}")
     for name in args.models.split(","):
-        r = benchmark(name, args)
-        mfu = "-" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"  # NaN: no known peak for this device
-        print(f"{r['model']:<14} {r['step_s']:8.3f} {r['samples_s']:10.1f} {r['tflops_dev']:12.3f} "
-              f"{mfu:>6} {r['compile_s']:10.1f}")
+        for microbatches in map(int, args.microbatches.split(",")):
+            r = benchmark(name, microbatches, args)
+            mfu = "-" if r["mfu"] != r["mfu"] else f"{r['mfu']:.1%}"  # NaN: no known peak for this device
+            print(f"{r['model']:<14} {r['microbatches']:5d} {r['temp_mib']:9.1f} {r['step_s']:8.3f} "
+                  f"{r['samples_s']:10.1f} {r['tflops_dev']:12.3f} {mfu:>6} {r['compile_s']:10.1f}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def unstack_layers(tree: Any) -> Any:
         stacked = tree["resblocks"]
         num_layers = jax.tree.leaves(stacked)[0].shape[0]
         for i in range(num_layers):
-            out[f"resblocks_{i}"] = jax.tree.map(lambda x: _take(x, i), stacked)
+            out[f"resblocks_{i}"] = jax.tree.map(lambda x, i=i: _take(x, i), stacked)
     return out
 
 

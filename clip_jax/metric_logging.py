@@ -75,11 +75,3 @@ def peak_flops_per_device(device: jax.Device) -> float | None:
     kind = getattr(device, "device_kind", "")
     return next((flops for name, flops in PEAK_FLOPS if name in kind), None)
 
-
-def compiled_flops(compiled: Any) -> float | None:
-    """FLOPs of one call of a compiled program per device, from XLA's cost analysis."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None

@@ -96,12 +96,17 @@ def make_encoders(model: CLIP, batch_sharding: Any) -> tuple[Callable, Callable]
     encode_image = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_image))
     encode_text = jax.jit(lambda v, t: model.apply(v, t, method=model.encode_text))
 
+    mesh = batch_sharding.mesh
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
     def bind(fn: Callable) -> Callable:
         def factory(variables: dict[str, Any]) -> Callable:
             def encode(x: np.ndarray) -> np.ndarray:
                 x = np.asarray(x)
+                rows = len(x)
+                x = np.concatenate([x, np.repeat(x[-1:], -rows % shards, axis=0)])  # a multiple of the shards
                 global_x = jax.make_array_from_callback(x.shape, batch_sharding, lambda index: x[index])
-                return np.asarray(multihost_utils.process_allgather(fn(variables, global_x), tiled=True))
+                return np.asarray(multihost_utils.process_allgather(fn(variables, global_x), tiled=True))[:rows]
 
             return encode
 
@@ -236,8 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 seconds = (time.perf_counter() - window_start) / window_steps
                 scalars.update(step_time=seconds, samples_per_second=config.batch_size / seconds)
-                if compiled.flops_per_step and peak:
-                    scalars["mfu"] = compiled.flops_per_step / seconds / peak
+                if compiled.model_flops and peak:
+                    scalars["mfu"] = compiled.model_flops / seconds / (peak * jax.device_count())
                 scalars.update({f"data/skipped_{k}": v for k, v in batches.error_counts().items()})
                 writer.write_scalars(step, scalars)
                 window_start, window_steps = time.perf_counter(), 0

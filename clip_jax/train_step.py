@@ -26,7 +26,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import losses, optim
-from clip_jax.metric_logging import compiled_flops
 from clip_jax.sharding import BATCH_AXES, logical_shardings
 
 State = dict[str, Any]
@@ -62,7 +61,7 @@ def global_loss_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[..
         bias = scalars.get("logit_bias")
         value = loss(image_embeds, text_embeds, scale, bias, BATCH_AXES)
         metrics = losses.contrastive_metrics(
-            image_embeds, text_embeds, scale, bias, BATCH_AXES, block_size=min(block_size, image_embeds.shape[0])
+            image_embeds, text_embeds, scale, bias, BATCH_AXES, block_size=math.gcd(block_size, image_embeds.shape[0])
         )
         return value, metrics
 
@@ -248,7 +247,35 @@ class CompiledTraining(NamedTuple):
     init: Callable[[jax.Array], State]  # rng -> fresh state
     abstract_state: State  # ShapeDtypeStructs with shardings: the restore target
     step: Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]
-    flops_per_step: float | None  # per device, from XLA's cost analysis
+    model_flops: float | None  # FLOPs of one step over all devices, without remat (for MFU)
+
+
+def _unrolled(tower: nn.Module) -> nn.Module:
+    """The tower without scan or remat (ResNet towers have neither)."""
+    fields = {name: value for name, value in (("scan_layers", False), ("remat_policy", "none")) if hasattr(tower, name)}
+    return tower.clone(**fields)
+
+
+def model_flops_per_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, batch: Batch) -> float | None:
+    """Model FLOPs of one train step of the global batch, from XLA's cost analysis.
+
+    Counted on the plain program (layers unrolled, no remat, no micro-batches):
+    XLA counts a loop body once, and model FLOPs by definition leave out
+    recomputation. Only traced and lowered, never compiled.
+    """
+    plain = model.clone(visual=_unrolled(model.visual), text=_unrolled(model.text))
+    plain_config = ml_collections.ConfigDict(config.to_dict())
+    plain_config.num_microbatches = 1
+    optimizer = optim.make_optimizer(plain_config)
+    image_size, context_length = model.visual.image_size, config.data.context_length
+    dummy = (jnp.zeros((1, image_size, image_size, 3)), jnp.zeros((1, context_length), jnp.int32))
+    rng = jax.random.key(0)
+    param_shardings = logical_shardings(jax.eval_shape(plain.init, rng, *dummy)["params"], mesh)
+    state = jax.eval_shape(init_state_fn(plain, optimizer, image_size, context_length, param_shardings, mesh), rng)
+    step = make_train_step(plain, plain_config, mesh, optimizer, optim.learning_rate_schedule(plain_config))
+    analysis = jax.jit(step).lower(state, batch).cost_analysis()
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
 
 
 def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array) -> CompiledTraining:
@@ -269,4 +296,4 @@ def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: 
         "tokens": jax.ShapeDtypeStruct((config.batch_size, context_length), jnp.int32, sharding=batch),
     }
     step = step_fn.lower(abstract_state, abstract_batch).compile()
-    return CompiledTraining(init, abstract_state, step, compiled_flops(step))
+    return CompiledTraining(init, abstract_state, step, model_flops_per_step(model, config, mesh, abstract_batch))
