@@ -1,5 +1,9 @@
-"""clip_jax: CLIP-style image-text models, losses, tokenizers and training in JAX/Flax."""
-from clip_jax import convert, models, tokenizers
+"""clip_jax: CLIP-style image-text models, losses, tokenizers and training in JAX/Flax.
+
+`clip_jax.data` (the tf.data input pipeline) imports TensorFlow and is left
+to an explicit `from clip_jax import data`.
+"""
+from clip_jax import convert, evaluation, losses, models, tokenizers
 from clip_jax.models import create_model, list_models
 
-__all__ = ["convert", "create_model", "list_models", "models", "tokenizers"]
+__all__ = ["convert", "create_model", "evaluation", "list_models", "losses", "models", "tokenizers"]

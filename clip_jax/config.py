@@ -111,5 +111,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(spec.get("type") in EVAL_TYPES, f"evals.{name}.type", f"{spec.get('type')!r} is not one of {EVAL_TYPES}")
         _check(bool(spec.get("data")), f"evals.{name}.data", "needs a data source string")
         _check(spec.get("every_steps", 0) > 0, f"evals.{name}.every_steps", "must be positive")
-        if spec.type == "zeroshot":
-            _check(bool(spec.get("templates")), f"evals.{name}.templates", "zero-shot needs prompt templates")
+        if spec.type == "zeroshot":  # templates default to OpenAI's 80 ImageNet prompts
+            _check(bool(spec.get("classnames")), f"evals.{name}.classnames", "zero-shot needs class names")
+        if spec.type == "linear_probe":
+            _check(bool(spec.get("train_data")), f"evals.{name}.train_data", "a linear probe needs a train_data source")
