@@ -57,7 +57,9 @@ def default_config() -> ml_collections.ConfigDict:
             context_length=77,
             min_crop_scale=0.9,
             shuffle_buffer=10_000,
-            num_parallel_calls=-1,  # tf.data.AUTOTUNE
+            # False: epoch after epoch, each a new permutation of the shards;
+            # True: shards (or records) drawn with replacement, an endless resampled stream.
+            resample=False,
         )
     )
 

@@ -204,6 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         seed=config.seed,
         crop_scale=(config.data.min_crop_scale, 1.0),
         shuffle_buffer=config.data.shuffle_buffer,
+        resample=config.data.resample,
     )
     latest = checkpointer.latest_step()
     if latest is not None:
