@@ -34,13 +34,21 @@ log = logging.getLogger("clip_jax.train")
 
 
 def build_model(config: ml_collections.ConfigDict) -> tuple[CLIP, dict[str, Any]]:
-    """(model, the create_model overrides that define it) from the config."""
+    """(model, the create_model overrides that define it) from the config.
+
+    With a tokenizer other than CLIP's BPE (a SentencePiece model), the text
+    tower takes that vocabulary's size and pools at the last non-pad token,
+    unless config.model_overrides.text says otherwise.
+    """
     overrides = {
         "dtype": config.dtype,
         "remat_policy": config.remat_policy,
         "scan_layers": config.scan_layers,
         **config.model_overrides.to_dict(),
     }
+    if config.data.tokenizer != "clip":
+        vocab_size = get_tokenizer(config.data.tokenizer, config.data.context_length).vocab_size
+        overrides["text"] = {"vocab_size": vocab_size, "pool_type": "last", **overrides.get("text", {})}
     return create_model(config.model, **overrides), overrides
 
 

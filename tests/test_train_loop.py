@@ -173,3 +173,21 @@ def test_two_processes_train_as_one_cluster(config_file, tmp_path):
     assert any("shapes_heldout/top1" in r for r in records)
     params, _ = final_params(workdir)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_sentencepiece_tokenizer_trains_from_scratch(config_file, tmp_path):
+    """A SentencePiece vocabulary trained on the captions sets the text tower's size and pooling."""
+    from clip_jax.data import shapes
+    from clip_jax.tokenizers import train_sentencepiece
+
+    captions = tmp_path / "captions.txt"
+    config = shapes.ShapesConfig(n=300, size=16)
+    captions.write_text("\n".join(c for i in range(300) for c in shapes.example(config, i).captions))
+    model_file = train_sentencepiece(str(captions), str(tmp_path / "spm"), vocab_size=60)
+    workdir = str(tmp_path / "spm_run")
+    run_main(config_file, workdir, "--config.total_steps=5", f"--config.data.tokenizer=sentencepiece:{model_file}")
+    params, metadata = final_params(workdir)
+    assert metadata["overrides"]["text"]["vocab_size"] == 60 and metadata["overrides"]["text"]["pool_type"] == "last"
+    assert params["text"]["token_embedding"]["embedding"].shape == (60, 64)
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert np.isfinite([r["loss"] for r in records if "loss" in r]).all()
