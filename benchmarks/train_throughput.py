@@ -69,7 +69,8 @@ def benchmark(name: str, microbatches: int, args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    flops = compiled.model_flops / jax.device_count() if compiled.model_flops else None  # per device
+    model_flops = train_step.model_flops_per_step(model, config, mesh, compiled.abstract_batch)
+    flops = model_flops / jax.device_count() if model_flops else None  # per device
     peak = peak_flops_per_device(jax.devices()[0])
     return {
         "model": name,

@@ -229,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         parameter_overview.log_parameter_overview(state["params"])
     peak = metric_logging.peak_flops_per_device(jax.devices()[0])
+    model_flops = train_step.model_flops_per_step(model, config, mesh, compiled.abstract_batch) if peak else None
     eval_tasks = [EvalTask(name, spec) for name, spec in config.evals.items()]
     encoders = make_encoders(model, batch_sharding)
 
@@ -250,8 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 seconds = (time.perf_counter() - window_start) / window_steps
                 scalars.update(step_time=seconds, samples_per_second=config.batch_size / seconds)
-                if compiled.model_flops and peak:
-                    scalars["mfu"] = compiled.model_flops / seconds / (peak * jax.device_count())
+                if model_flops:
+                    scalars["mfu"] = model_flops / seconds / (peak * jax.device_count())
                 scalars.update({f"data/skipped_{k}": v for k, v in batches.error_counts().items()})
                 writer.write_scalars(step, scalars)
                 window_start, window_steps = time.perf_counter(), 0

@@ -247,7 +247,7 @@ class CompiledTraining(NamedTuple):
     init: Callable[[jax.Array], State]  # rng -> fresh state
     abstract_state: State  # ShapeDtypeStructs with shardings: the restore target
     step: Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]
-    model_flops: float | None  # FLOPs of one step over all devices, without remat (for MFU)
+    abstract_batch: Batch  # ShapeDtypeStructs with shardings of a global batch
 
 
 def _unrolled(tower: nn.Module) -> nn.Module:
@@ -296,4 +296,4 @@ def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: 
         "tokens": jax.ShapeDtypeStruct((config.batch_size, context_length), jnp.int32, sharding=batch),
     }
     step = step_fn.lower(abstract_state, abstract_batch).compile()
-    return CompiledTraining(init, abstract_state, step, model_flops_per_step(model, config, mesh, abstract_batch))
+    return CompiledTraining(init, abstract_state, step, abstract_batch)

@@ -100,3 +100,23 @@ def test_weight_decay_mask_follows_openai():
     assert not mask["text"]["token_embedding"]["embedding"] and not mask["text"]["positional_embedding"]
     assert not mask["visual"]["bn1"]["scale"] and not mask["text"]["ln_final"]["bias"]
     assert not mask["text"]["transformer"]["resblocks_0"]["mlp"]["c_fc"]["bias"]
+
+
+def test_model_flops_ignore_scan_remat_and_accumulation():
+    """MFU's numerator: the plain step's FLOPs, whatever the loop structure (XLA counts a loop body once)."""
+
+    def flops(batch_size, **changes):
+        config = small_config(batch_size=batch_size, **changes)
+        model = clip_jax.create_model(
+            config.model, scan_layers=config.scan_layers, remat_policy=config.remat_policy
+        )
+        mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+        batch = {
+            "images": jax.ShapeDtypeStruct((batch_size, 32, 32, 3), jnp.float32, sharding=sharding.batch_sharding(mesh)),
+            "tokens": jax.ShapeDtypeStruct((batch_size, 77), jnp.int32, sharding=sharding.batch_sharding(mesh)),
+        }
+        return train_step.model_flops_per_step(model, config, mesh, batch)
+
+    plain = flops(16)
+    assert flops(16, scan_layers=True, remat_policy="full", num_microbatches=2) == plain
+    assert flops(32) == pytest.approx(2 * plain, rel=0.02)
