@@ -54,8 +54,9 @@ def make_mesh(sizes: Mapping[str, int], devices: list[jax.Device] | None = None)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over data and fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    """Leading (batch) axis split over those of ('data', 'fsdp') the mesh has, the rest replicated."""
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import losses, optim
-from clip_jax.sharding import BATCH_AXES, logical_shardings
+from clip_jax.sharding import BATCH_AXES, batch_sharding, logical_shardings, replicated
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
@@ -103,7 +103,7 @@ def _to_microbatches(x: jax.Array, num: int, mesh: Mesh) -> jax.Array:
 def _from_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
     """Inverse of `_to_microbatches`: [M, B/M, ...] -> [B, ...]."""
     x = x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(BATCH_AXES)))
+    return jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
 
 
 def loss_and_grads(
@@ -193,10 +193,9 @@ def init_state_fn(
         )
         params = jax.lax.with_sharding_constraint(nn.meta.unbox(variables["params"]), param_shardings)
         opt_state = optimizer.init(params)
-        replicated = NamedSharding(mesh, PartitionSpec())
         opt_shardings = optax.tree_map_params(
             optimizer, lambda _, sharding: sharding, opt_state, param_shardings,
-            transform_non_params=lambda _: replicated,
+            transform_non_params=lambda _: replicated(mesh),
         )
         return {
             "step": jnp.zeros((), jnp.int32),
@@ -231,11 +230,10 @@ def jit_train_step(
     step_fn: Callable, state_shardings: Any, mesh: Mesh
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """One jit with explicit in/out shardings and the state donated."""
-    batch = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
     return jax.jit(
         step_fn,
-        in_shardings=(state_shardings, batch),
-        out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+        in_shardings=(state_shardings, batch_sharding(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
 
@@ -248,6 +246,13 @@ class CompiledTraining(NamedTuple):
     abstract_state: State  # ShapeDtypeStructs with shardings: the restore target
     step: Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]
     abstract_batch: Batch  # ShapeDtypeStructs with shardings of a global batch
+
+
+def _param_shardings(model: nn.Module, context_length: int, mesh: Mesh) -> Any:
+    """Each parameter's NamedSharding from its logical axes and the rule table (nothing allocated)."""
+    size = model.visual.image_size
+    dummy = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, context_length), jnp.int32))
+    return logical_shardings(jax.eval_shape(model.init, jax.random.key(0), *dummy)["params"], mesh)
 
 
 def _unrolled(tower: nn.Module) -> nn.Module:
@@ -268,10 +273,9 @@ def model_flops_per_step(model: nn.Module, config: ml_collections.ConfigDict, me
     plain_config.num_microbatches = 1
     optimizer = optim.make_optimizer(plain_config)
     image_size, context_length = model.visual.image_size, config.data.context_length
-    dummy = (jnp.zeros((1, image_size, image_size, 3)), jnp.zeros((1, context_length), jnp.int32))
-    rng = jax.random.key(0)
-    param_shardings = logical_shardings(jax.eval_shape(plain.init, rng, *dummy)["params"], mesh)
-    state = jax.eval_shape(init_state_fn(plain, optimizer, image_size, context_length, param_shardings, mesh), rng)
+    param_shardings = _param_shardings(plain, context_length, mesh)
+    init = init_state_fn(plain, optimizer, image_size, context_length, param_shardings, mesh)
+    state = jax.eval_shape(init, jax.random.key(0))
     step = make_train_step(plain, plain_config, mesh, optimizer, optim.learning_rate_schedule(plain_config))
     analysis = jax.jit(step).lower(state, batch).cost_analysis()
     flops = (analysis or {}).get("flops")
@@ -282,15 +286,14 @@ def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: 
     """Lays out the state over `mesh` and compiles init and the train step for config.batch_size."""
     optimizer = optim.make_optimizer(config)
     image_size, context_length = model.visual.image_size, config.data.context_length
-    dummy = (jnp.zeros((1, image_size, image_size, 3)), jnp.zeros((1, context_length), jnp.int32))
-    param_shardings = logical_shardings(jax.eval_shape(model.init, rng, *dummy)["params"], mesh)
+    param_shardings = _param_shardings(model, context_length, mesh)
     init, abstract_state = compile_init(model, optimizer, image_size, context_length, param_shardings, mesh, rng)
     step_fn = jit_train_step(
         make_train_step(model, config, mesh, optimizer, optim.learning_rate_schedule(config)),
         state_shardings(abstract_state),
         mesh,
     )
-    batch = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    batch = batch_sharding(mesh)
     abstract_batch = {
         "images": jax.ShapeDtypeStruct((config.batch_size, image_size, image_size, 3), jnp.float32, sharding=batch),
         "tokens": jax.ShapeDtypeStruct((config.batch_size, context_length), jnp.int32, sharding=batch),

@@ -8,12 +8,13 @@
 Source strings are described in `spec`, resume in `iterator`, the batch
 layout in `pipeline`, the generated data set in `shapes`.
 """
-from clip_jax.data.device import DevicePrefetcher, batch_sharding, make_global_batch
+from clip_jax.data.device import DevicePrefetcher, make_global_batch
 from clip_jax.data.iterator import DataIterator
 from clip_jax.data.pipeline import Pipeline, make_dataset, make_iterator
 from clip_jax.data.preprocess import OPENAI_MEAN, OPENAI_STD
 from clip_jax.data.records import ERROR_KINDS, NoValidDataError
 from clip_jax.data.spec import parse_source
+from clip_jax.sharding import batch_sharding
 
 __all__ = [
     "ERROR_KINDS",

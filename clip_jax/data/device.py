@@ -7,12 +7,11 @@ batch axis over the mesh's batch axes ('data', 'fsdp' where present).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 class StatefulIterator(Protocol):
@@ -25,12 +24,6 @@ class StatefulIterator(Protocol):
     def set_state(self, state: dict[str, Any] | None) -> None: ...
 
     def error_counts(self) -> dict[str, int]: ...
-
-
-def batch_sharding(mesh: Mesh, batch_axes: Sequence[str] = ("data", "fsdp")) -> NamedSharding:
-    """Shards the leading (batch) axis over those of `batch_axes` the mesh has."""
-    axes = tuple(a for a in batch_axes if a in mesh.axis_names)
-    return NamedSharding(mesh, PartitionSpec(axes or None))
 
 
 def make_global_batch(batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
