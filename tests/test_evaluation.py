@@ -114,10 +114,12 @@ def test_zeroshot_classifier_matches_numpy():
         per_template = _unit(_fake_encode_text_numpy(_fake_tokenizer([t.format(name) for t in templates])))
         expected.append(_unit(per_template.mean(axis=0)))
     assert classifier.shape == (3, 6)
+    # float32 model against a float64 NumPy mean of unit vectors: a few ulps of 1
     np.testing.assert_allclose(np.asarray(classifier), np.stack(expected), atol=1e-5)
     assert encoder.shapes == [(7, 40)] * 3  # 15 prompts: 7 + 7 + 1 padded to 7
 
     one_batch = evaluation.zeroshot_classifier(encoder, _fake_tokenizer, classnames, templates)
+    # the same float32 sums over templates, batched differently: ulps of 1
     np.testing.assert_allclose(np.asarray(one_batch), np.asarray(classifier), atol=1e-6)
     assert encoder.shapes[-1] == (15, 40)  # batch_size clipped to the prompt count
 
@@ -258,7 +260,7 @@ def test_embed_images_drops_padding_rows():
     labels = rng.integers(0, 4, 11)
     encoder = CountingEncoder(lambda x: x.reshape(len(x), -1) * 3.0)
     embeds, got_labels = evaluation.embed_images(encoder, _image_batches(images, labels, 4))
-    np.testing.assert_allclose(embeds, images.reshape(11, -1) * 3.0, rtol=1e-6)
+    np.testing.assert_allclose(embeds, images.reshape(11, -1) * 3.0, rtol=1e-6)  # one float32 multiply: 1 ulp
     np.testing.assert_array_equal(got_labels, labels)
     assert encoder.shapes == [(4, 2, 2, 3)] * 3
 
@@ -315,6 +317,7 @@ def test_run_eval_zeroshot_tiny_model(tiny):
     assert metrics["top1"] <= metrics["top5"]
 
     image_embeds, _ = evaluation.embed_images(tiny["encode_image"], _image_batches(images, labels, 8))
+    # the same model on other batch compositions: XLA may tile the matmuls differently, float32 ulps of ~1
     np.testing.assert_allclose(image_embeds, _direct(tiny["encode_image"], images, 8), atol=1e-5)
 
 
@@ -395,4 +398,4 @@ def test_run_eval_retrieval_image_rows_equal_caption_rows(tiny):
     expected = evaluation.retrieval_metrics(
         _direct(tiny["encode_image"], images, 8), _direct(tiny["encode_text"], tokens, 8), text_to_image
     )
-    assert metrics == pytest.approx(expected, abs=1e-6)
+    assert metrics == pytest.approx(expected, abs=1e-6)  # recalls are counts / N: equal unless a near-tie flips

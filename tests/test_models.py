@@ -89,6 +89,7 @@ def test_outputs_are_normalized_embeddings_and_scale(name):
     variables = model.init(jax.random.key(0), images, tokens)
     out = model.apply(variables, images, tokens)
     assert out["image_embeds"].shape == out["text_embeds"].shape == (2, 128)
+    # a float32 rsqrt and a sum of 128 squares: a few ulps of 1
     np.testing.assert_allclose(jnp.linalg.norm(out["image_embeds"], axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(jnp.linalg.norm(out["text_embeds"], axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out["logit_scale"], 1 / 0.07, rtol=1e-5)

@@ -14,6 +14,8 @@ import pytest
 import clip_jax
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+# float32 against open_clip in float32: two libraries' kernels sum in different orders through
+# 2-12 layers; measured at most 1.3e-6 (small models) and 4.3e-6 (full size).
 TOLERANCE = 1e-5
 
 
