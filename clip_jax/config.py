@@ -2,19 +2,31 @@
 
 Recipes in configs/ call `default_config()` and change what differs; every
 field can be overridden on the command line (`--config.batch_size=64`).
-`validate(config)` runs before anything is compiled and names the bad field.
+`validate(config)` runs before anything is compiled and names the bad field;
+`validate_batch_layout(config, batch_shards)` adds the checks that need the mesh.
 """
 from __future__ import annotations
 
-import ml_collections
+import math
 
-from clip_jax.models import list_models
+import ml_collections
+from ml_collections import config_dict
+
+from clip_jax.evaluation import EVAL_TYPES
+from clip_jax.models import CLIP, list_models
 from clip_jax.models.layers import REMAT_POLICIES
 
 LOSSES = ("clip", "siglip", "clip_lite")
 LOSS_IMPLS = ("all_gather", "blockwise")
 DTYPES = ("float32", "bfloat16")
-EVAL_TYPES = ("zeroshot", "retrieval", "linear_probe")
+# Each loss's initial (logit scale, logit bias) where config.init_logit_* is None. The scale is
+# the log of the multiplier, as create_model's init_logit_scale; a bias of None: the model has no
+# logit_bias parameter.
+LOSS_LOGIT_INIT: dict[str, tuple[float, float | None]] = {
+    "clip": (CLIP.init_logit_scale, None),  # log(1/0.07), OpenAI's
+    "clip_lite": (CLIP.init_logit_scale, None),
+    "siglip": (math.log(10.0), -10.0),  # SigLIP (Zhai et al. 2023): multiplier 10, bias -10
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -28,10 +40,21 @@ def default_config() -> ml_collections.ConfigDict:
     # Extra create_model overrides, e.g. {'text': {'vocab_size': 32000}}.
     c.model_overrides = ml_collections.ConfigDict()
 
-    c.loss = "clip"
+    c.loss = "clip"  # "clip" (InfoNCE), "siglip" (pairwise sigmoid) or "clip_lite" (one negative per pair)
+    # How clip and siglip form the [N, N] logits of the global batch: "all_gather" ([n, N] per
+    # device) or "blockwise" (a ring of [n, loss_block_size] tiles; memory flat in N). clip_lite
+    # compares each pair with one caption of the neighbouring device: O(n d) under either value,
+    # which run the same code and give the same numbers.
     c.loss_impl = "all_gather"
+    # Texts per logit tile of the blockwise losses and of the in-batch metrics; for "blockwise" it
+    # must divide the per-device batch, batch_size / (mesh data x fsdp), or be at least it.
     c.loss_block_size = 1024
-    c.max_logit_scale = 100.0
+    c.max_logit_scale = 100.0  # the multiplier exp(logit_scale) is clipped to this after each step
+    # Initial logit scale as the log of the multiplier (e.g. math.log(10)); None: the loss's default
+    # (log(1/0.07) for clip and clip_lite, log(10) for siglip).
+    c.init_logit_scale = config_dict.placeholder(float)
+    # Initial logit bias, siglip only; None: -10. clip and clip_lite have no bias.
+    c.init_logit_bias = config_dict.placeholder(float)
 
     c.batch_size = 32768  # global, over all devices and hosts
     c.num_microbatches = 1  # > 1: gradient accumulation keeping every negative of the batch
@@ -60,6 +83,11 @@ def default_config() -> ml_collections.ConfigDict:
             # False: epoch after epoch, each a new permutation of the shards;
             # True: shards (or records) drawn with replacement, an endless resampled stream.
             resample=False,
+            # Disjoint streams the records are split into; each process reads an equal block of them
+            # and every batch takes batch_size / num_streams rows from each. The global batch is the
+            # same for every process count dividing num_streams, so a run resumes on another number
+            # of processes. 0: one stream per process of the run that started it.
+            num_streams=0,
         )
     )
 
@@ -72,9 +100,61 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+class ConfigError(ValueError):
+    """A config field that cannot work; the message starts with `config.<field>:`."""
+
+
 def _check(condition: bool, field: str, message: str) -> None:
     if not condition:
-        raise ValueError(f"config.{field}: {message}")
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def initial_logit_scale(config: ml_collections.ConfigDict) -> float:
+    """The logit scale (log of the multiplier) the model starts from."""
+    return config.init_logit_scale if config.init_logit_scale is not None else LOSS_LOGIT_INIT[config.loss][0]
+
+
+def initial_logit_bias(config: ml_collections.ConfigDict) -> float | None:
+    """The logit bias the model starts from; None: the model has no logit_bias parameter."""
+    return config.init_logit_bias if config.init_logit_bias is not None else LOSS_LOGIT_INIT[config.loss][1]
+
+
+def _validate_logit_init(config: ml_collections.ConfigDict) -> None:
+    """init_logit_scale / init_logit_bias: set only here, finite, within max_logit_scale, a bias only where used."""
+    for field in ("init_logit_scale", "init_logit_bias"):
+        _check(field not in config.model_overrides, f"model_overrides.{field}", f"set config.{field} instead")
+        value = config[field]
+        _check(value is None or math.isfinite(value), field, f"must be finite or None, got {value}")
+    scale = initial_logit_scale(config)
+    _check(
+        scale <= math.log(config.max_logit_scale),
+        "init_logit_scale" if config.init_logit_scale is not None else "max_logit_scale",
+        f"the initial multiplier exp({scale:.4g}) exceeds max_logit_scale {config.max_logit_scale} "
+        "(init_logit_scale is the log of the multiplier)",
+    )
+    _check(
+        config.init_logit_bias is None or LOSS_LOGIT_INIT[config.loss][1] is not None,
+        "init_logit_bias",
+        f"the {config.loss} loss has no logit bias; leave it None (only siglip uses one)",
+    )
+
+
+def validate_batch_layout(config: ml_collections.ConfigDict, batch_shards: int) -> None:
+    """The checks that need the number of devices the batch is split over (mesh data x fsdp)."""
+    _check(
+        (config.batch_size // config.num_microbatches) % batch_shards == 0,
+        "batch_size",
+        f"{config.batch_size} in {config.num_microbatches} micro-batch(es) does not split over "
+        f"{batch_shards} batch shards",
+    )
+    local = config.batch_size // batch_shards  # the loss sees the whole batch, also with micro-batches
+    if config.loss_impl == "blockwise" and config.loss != "clip_lite":
+        _check(
+            local % min(config.loss_block_size, local) == 0,
+            "loss_block_size",
+            f"{config.loss_block_size} must divide the per-device batch {local} "
+            f"(batch_size / {batch_shards} batch shards) or be at least it",
+        )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -85,6 +165,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.loss in LOSSES, "loss", f"{config.loss!r} is not one of {LOSSES}")
     _check(config.loss_impl in LOSS_IMPLS, "loss_impl", f"{config.loss_impl!r} is not one of {LOSS_IMPLS}")
     _check(config.loss_block_size > 0, "loss_block_size", "must be positive")
+    _check(config.max_logit_scale > 0, "max_logit_scale", "must be positive")
+    _validate_logit_init(config)
     _check(config.batch_size > 0, "batch_size", "must be positive")
     _check(config.num_microbatches >= 1, "num_microbatches", "must be at least 1")
     _check(
@@ -106,6 +188,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         sum(config.mesh[a] == -1 for a in ("data", "fsdp", "tensor")) <= 1, "mesh", "at most one axis may be -1"
     )
     _check(config.data.context_length > 0, "data.context_length", "must be positive")
+    _check(config.data.num_streams >= 0, "data.num_streams", "must be >= 0 (0: one per process)")
     _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
     _check(config.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
     _check(config.log_every_steps > 0, "log_every_steps", "must be positive")

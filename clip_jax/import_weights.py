@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from etils import epath
 
+from clip_jax import paths
 from clip_jax.convert import from_torch_state_dict, is_openai_state_dict
 from clip_jax.models import create_model
 from clip_jax.weights import save_variables
@@ -32,29 +33,31 @@ def _strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
     return state_dict
 
 
-def _read_torch(path: str) -> dict[str, Any]:
+def _read_torch(file: BinaryIO) -> dict[str, Any]:
     import torch  # only this file format needs torch
 
     try:
-        state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+        state_dict = torch.jit.load(file, map_location="cpu").state_dict()
     except RuntimeError:  # not a TorchScript archive: a pickled state dict
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        file.seek(0)
+        state_dict = torch.load(file, map_location="cpu", weights_only=True)
     state_dict = _strip_wrappers(dict(state_dict))
     return {k: v.float().numpy() if hasattr(v, "numpy") else np.asarray(v) for k, v in state_dict.items()}
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A checkpoint file as a mapping of PyTorch names to numpy arrays."""
-    if not os.path.isfile(path):
+    """A checkpoint file (local or in a bucket) as a mapping of PyTorch names to numpy arrays."""
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    if path.endswith(".npz"):
-        with np.load(path) as data:
-            return _strip_wrappers(dict(data))
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+    with epath.Path(path).open("rb") as file:
+        if path.endswith(".npz"):
+            with np.load(file) as data:
+                return _strip_wrappers(dict(data))
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import load
 
-        return _strip_wrappers(load_file(path))
-    return _read_torch(path)
+            return _strip_wrappers(load(file.read()))
+        return _read_torch(file)
 
 
 def import_weights(checkpoint: str, model_name: str, output: str, overrides: dict[str, Any] | None = None) -> str:
@@ -64,7 +67,7 @@ def import_weights(checkpoint: str, model_name: str, output: str, overrides: dic
     model = create_model(model_name, **overrides)
     origin = "openai" if is_openai_state_dict(state_dict) else None
     variables = from_torch_state_dict(state_dict, model, origin=origin)
-    metadata = {"model": model_name, "overrides": overrides, "source": os.path.abspath(checkpoint), "origin": origin}
+    metadata = {"model": model_name, "overrides": overrides, "source": str(paths.resolve(checkpoint)), "origin": origin}
     save_variables(output, variables, metadata)
     return output
 

@@ -3,28 +3,41 @@ r"""Entry point: trains a CLIP-style model from a config file.
     python -m clip_jax.main --config=configs/vit_b32.py --workdir=/path/run \
         [--config.batch_size=4096 --config.mesh.fsdp=8 ...]
 
-Multi-process runs (TPU pods, SLURM, any cluster) call `jax.distributed.initialize`:
-from --coordinator_address/--num_processes/--process_id when given, by
-auto-detection under SLURM or on multi-host TPU slices, and not at all on one
-machine. The config is validated before anything is compiled.
+Without --workdir the run goes to runs/<config file name> under the current
+directory. Multi-process runs (TPU pods, SLURM, any cluster) call
+`jax.distributed.initialize`: from --coordinator_address/--num_processes/
+--process_id when given, by auto-detection under SLURM or on multi-host TPU
+slices, and not at all on one machine. A process that fails logs its error and
+exits with status 1 at once; the others are ended by JAX's coordination
+service within --heartbeat_timeout_seconds, so a failing job never hangs.
+The config is validated, and the training data opened, before anything is
+compiled; a bad field or a missing source ends the run with one line naming it.
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from clip_jax.config import validate
+from clip_jax import multihost
+from clip_jax.config import ConfigError, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, metrics.jsonl.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory (local or gs://...): checkpoints, TensorBoard events, metrics.jsonl. "
+    "Default: runs/<config file name>."
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-process run.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.mark_flags_as_required(["config", "workdir"])
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 100, "Multi-process runs: a process silent this long ends the job."
+)
+flags.mark_flags_as_required(["config"])
 
 
 def _multi_host_environment() -> bool:
@@ -41,9 +54,15 @@ def initialize_distributed() -> None:
             coordinator_address=_COORDINATOR.value,
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
+            heartbeat_timeout_seconds=_HEARTBEAT.value,
         )
     elif _multi_host_environment():
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
+
+
+def default_workdir(config_path: str) -> str:
+    """runs/<config file name without .py>."""
+    return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
 
 
 class _LibraryChatter(logging.Filter):
@@ -67,9 +86,13 @@ def main(argv: list[str]) -> None:
     initialize_distributed()
     from clip_jax.train import train_and_evaluate  # after jax.distributed: it queries devices
 
-    logging.info("process %d of %d, %d devices; config:\n%s", jax.process_index(), jax.process_count(),
-                 jax.device_count(), config)
-    train_and_evaluate(config, _WORKDIR.value)
+    workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+    logging.info("process %d of %d, %d devices; workdir %s; config:\n%s", jax.process_index(), jax.process_count(),
+                 jax.device_count(), workdir, config)
+    try:
+        multihost.exit_on_failure(lambda: train_and_evaluate(config, workdir))
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

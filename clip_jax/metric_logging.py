@@ -1,12 +1,15 @@
 """Metric writers (clu: logging + TensorBoard + metrics.jsonl) and model FLOPs utilisation."""
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from typing import Any, Mapping
 
 import jax
 from clu import metric_writers
+from etils import epath
+
+from clip_jax import paths
 
 # Dense bfloat16 peak FLOP/s per device, by a substring of jax's device_kind.
 PEAK_FLOPS = (
@@ -24,10 +27,15 @@ PEAK_FLOPS = (
 
 
 class JsonlWriter(metric_writers.MetricWriter):
-    """Appends one JSON object per write_scalars call to `path`: {"step": s, name: value, ...}."""
+    """Appends one JSON object per write_scalars call to `path`: {"step": s, name: value, ...}.
 
-    def __init__(self, path: str):
-        self._file = open(path, "a", encoding="utf-8")
+    Each write is flushed, so the file is complete up to the last write; in a
+    bucket (gs://...) a flush re-uploads the object.
+    """
+
+    def __init__(self, path: epath.PathLike):
+        self._closer = contextlib.ExitStack()  # epath opens bucket files as context managers only
+        self._file = self._closer.enter_context(epath.Path(path).open("a", encoding="utf-8"))
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
@@ -58,16 +66,17 @@ class JsonlWriter(metric_writers.MetricWriter):
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        self._closer.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def create_writer(workdir: epath.PathLike) -> metric_writers.MetricWriter:
     """Process 0 logs, writes TensorBoard events and WORKDIR/metrics.jsonl; other processes only log."""
     if jax.process_index() > 0:
         return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
-    os.makedirs(workdir, exist_ok=True)
-    default = metric_writers.create_default_writer(workdir, asynchronous=False)
-    return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+    directory = paths.resolve(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    default = metric_writers.create_default_writer(str(directory), asynchronous=False)
+    return metric_writers.MultiWriter([default, JsonlWriter(directory / "metrics.jsonl")])
 
 
 def peak_flops_per_device(device: jax.Device) -> float | None:

@@ -10,75 +10,38 @@ from `config.init_from` weights or a fresh initialisation. Saves every
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
 from flax import traverse_util
 import numpy as np
 from clu import parameter_overview, periodic_actions
-from jax.experimental import multihost_utils
 
-from clip_jax import checkpointing, data, evaluation, metric_logging, sharding, train_step, weights
-from clip_jax.config import validate
+from clip_jax import checkpointing, data, metric_logging, multihost, paths, sharding, train_step, weights
+from clip_jax.config import ConfigError, validate
 from clip_jax.convert import stack_layers, unstack_layers
-from clip_jax.models import CLIP, create_model
-from clip_jax.tokenizers import get_tokenizer
+from clip_jax.evaluation.in_loop import EvalTask, make_encoders, run_evals
+from clip_jax.model_config import model_from_config
 
 log = logging.getLogger("clip_jax.train")
-
-
-def build_model(config: ml_collections.ConfigDict) -> tuple[CLIP, dict[str, Any]]:
-    """(model, the create_model overrides that define it) from the config.
-
-    With a tokenizer other than CLIP's BPE (a SentencePiece model), the text
-    tower takes that vocabulary's size and pools at the last non-pad token,
-    unless config.model_overrides.text says otherwise.
-    """
-    overrides = {
-        "dtype": config.dtype,
-        "remat_policy": config.remat_policy,
-        "scan_layers": config.scan_layers,
-        **config.model_overrides.to_dict(),
-    }
-    if config.data.tokenizer != "clip":
-        vocab_size = get_tokenizer(config.data.tokenizer, config.data.context_length).vocab_size
-        overrides["text"] = {"vocab_size": vocab_size, "pool_type": "last", **overrides.get("text", {})}
-    return create_model(config.model, **overrides), overrides
-
-
-class Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (agreed on by every process)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: saving a checkpoint and stopping after this step")
-        self.requested = True
-
-    def should_stop(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def _load_init_weights(path: str, state: dict[str, Any], shardings: dict[str, Any]) -> dict[str, Any]:
     """Replaces params (and batch_stats) with converted weights or another run's newest checkpoint.
 
-    Layer stacks are converted between the scanned and the plain layout as the model needs.
+    Layer stacks are converted between the scanned and the plain layout as the model needs;
+    a logit scale or bias the weights lack (CLIP weights for a SigLIP run) keeps its initial value.
     """
-    run_checkpoints = os.path.join(path, "checkpoints")
-    variables, _ = weights.load_variables(run_checkpoints if os.path.isdir(run_checkpoints) else path)
+    run_checkpoints = paths.resolve(path) / "checkpoints"
+    variables, _ = weights.load_variables(run_checkpoints if run_checkpoints.is_dir() else path)
+    params = variables.get("params", {})
+    missing = [k for k in train_step.scalar_params(state["params"]) if k not in params]
+    if missing:  # e.g. CLIP weights for a SigLIP run: the loss's own scalars keep their initial values
+        variables = {**variables, "params": {**params, **jax.device_get({k: state["params"][k] for k in missing})}}
+        log.info("init_from: %s has no %s; starting them from the config's init", path, missing)
     expected = jax.tree.map(lambda x: x.shape, {k: state[k] for k in ("params", "batch_stats")})
     for layout in (lambda v: v, stack_layers, unstack_layers):
         candidate = {k: layout(variables.get(k, {})) for k in ("params", "batch_stats")}
@@ -95,139 +58,37 @@ def _load_init_weights(path: str, state: dict[str, Any], shardings: dict[str, An
     return state
 
 
-def make_encoders(model: CLIP, batch_sharding: Any) -> tuple[Callable, Callable]:
-    """(encode_image, encode_text) factories: variables -> fn(numpy [B, ...], the same on every host) -> numpy [B, E].
-
-    Each host passes the same whole batch; the devices split it over the batch
-    axes and every host gets all embeddings back, so multi-host evals agree.
-    """
-    encode_image = jax.jit(lambda v, x: model.apply(v, x, method=model.encode_image))
-    encode_text = jax.jit(lambda v, t: model.apply(v, t, method=model.encode_text))
-
-    mesh = batch_sharding.mesh
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-
-    def bind(fn: Callable) -> Callable:
-        def factory(variables: dict[str, Any]) -> Callable:
-            def encode(x: np.ndarray) -> np.ndarray:
-                x = np.asarray(x)
-                rows = len(x)
-                x = np.concatenate([x, np.repeat(x[-1:], -rows % shards, axis=0)])  # a multiple of the shards
-                global_x = jax.make_array_from_callback(x.shape, batch_sharding, lambda index: x[index])
-                return np.asarray(multihost_utils.process_allgather(fn(variables, global_x), tiled=True))[:rows]
-
-            return encode
-
-        return factory
-
-    return bind(encode_image), bind(encode_text)
-
-
-@dataclasses.dataclass
-class EvalTask:
-    """One entry of config.evals with what it needs to run.
-
-    Every host reads the whole eval set (process_count=1), so the evaluator
-    sees the same batches everywhere and the metrics need no gathering.
-    """
-
-    name: str
-    spec: ml_collections.ConfigDict
-
-    def pipeline(self, config: ml_collections.ConfigDict, image_size: int, source: str, labels: bool) -> data.Pipeline:
-        return data.Pipeline(
-            source,
-            training=False,
-            batch_size=self.spec.get("batch_size", 256),
-            image_size=image_size,
-            tokenizer=config.data.tokenizer,
-            context_length=config.data.context_length,
-            labels=labels,
-            text=self.spec.type == "retrieval",
-            num_captions=self.spec.get("num_captions", 1),
-            process_index=0,
-            process_count=1,
-        )
-
-
-def run_evals(
-    tasks: list[EvalTask], step: int, config: ml_collections.ConfigDict, image_size: int, variables: dict[str, Any],
-    encoders: tuple[Callable, Callable], force: bool = False,
-) -> dict[str, float]:
-    """Runs the evals due at `step` (all of them when `force`); metrics as '<name>/<metric>'."""
-    results: dict[str, float] = {}
-    encode_image, encode_text = (factory(variables) for factory in encoders)
-    for task in tasks:
-        if not force and step % task.spec.every_steps:
-            continue
-        start = time.perf_counter()
-        labels = task.spec.type in ("zeroshot", "linear_probe")
-        batches = task.pipeline(config, image_size, task.spec.data, labels).iterator()
-        train_batches = None
-        if task.spec.type == "linear_probe":
-            train_batches = task.pipeline(config, image_size, task.spec.train_data, True).iterator()
-        metrics = evaluation.run_eval(
-            task.spec.type,
-            encode_image=encode_image,
-            encode_text=encode_text,
-            tokenizer=get_tokenizer(config.data.tokenizer, config.data.context_length),
-            batches=batches,
-            classnames=task.spec.get("classnames"),
-            templates=task.spec.get("templates"),
-            train_batches=train_batches,
-        )
-        results.update({f"{task.name}/{k}": v for k, v in metrics.items()})
-        log.info("eval %s at step %d: %s (%.1f s)", task.name, step, metrics, time.perf_counter() - start)
-    return results
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains to config.total_steps (resuming from WORKDIR) and returns the final state."""
     validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh)
-    model, overrides = build_model(config)
+    model, overrides = model_from_config(config)
     image_size = model.visual.image_size
     if config.data.context_length > model.text.context_length:
         raise ValueError(
             f"config.data.context_length {config.data.context_length} exceeds the model's {model.text.context_length}"
         )
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.batch_size % jax.process_count() or (config.batch_size // config.num_microbatches) % shards:
-        raise ValueError(
-            f"config.batch_size {config.batch_size} must split into {config.num_microbatches} micro-batches "
-            f"over {shards} batch shards and {jax.process_count()} processes"
-        )
+    checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    data_state = checkpointer.restore_data(latest) if latest is not None else None
+    pipeline = open_training_data(config, image_size, data_state)  # before compiling: a missing source fails fast
     rng = jax.random.key(config.seed)
     compiled = train_step.compile_training(model, config, mesh, rng)
-    checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
     metadata = {"model": config.model, "overrides": overrides, "seed": config.seed}
-    pipeline = data.Pipeline(
-        config.data.train,
-        training=True,
-        batch_size=config.batch_size // jax.process_count(),
-        image_size=image_size,
-        tokenizer=config.data.tokenizer,
-        context_length=config.data.context_length,
-        seed=config.seed,
-        crop_scale=(config.data.min_crop_scale, 1.0),
-        shuffle_buffer=config.data.shuffle_buffer,
-        resample=config.data.resample,
-    )
-    latest = checkpointer.latest_step()
     if latest is not None:
-        state, data_state = checkpointer.restore(latest, compiled.abstract_state)
+        state = checkpointer.restore(latest, compiled.abstract_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
     else:
-        state, data_state = compiled.init(rng), None
+        state = compiled.init(rng)
         if config.init_from:
             state = _load_init_weights(config.init_from, state, train_step.state_shardings(compiled.abstract_state))
     batch_sharding = sharding.batch_sharding(mesh)
     batches = data.DevicePrefetcher(pipeline.iterator(data_state), batch_sharding)
 
     writer = metric_logging.create_writer(workdir)
-    if jax.process_index() == 0:
-        parameter_overview.log_parameter_overview(state["params"])
+    if jax.process_index() == 0:  # from shapes: parameters sharded over hosts are not all addressable here
+        parameter_overview.log_parameter_overview(compiled.abstract_state["params"], include_stats=False)
     peak = metric_logging.peak_flops_per_device(jax.devices()[0])
     model_flops = train_step.model_flops_per_step(model, config, mesh, compiled.abstract_batch) if peak else None
     eval_tasks = [EvalTask(name, spec) for name, spec in config.evals.items()]
@@ -237,7 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress = periodic_actions.ReportProgress(
         num_train_steps=config.total_steps, writer=writer, every_secs=config.progress_every_seconds
     )
-    preemption = Preemption()
+    preemption = multihost.Preemption()
     window_start, window_steps = time.perf_counter(), 0
     log.info("training %s from step %d to %d on %s", config.model, step, config.total_steps, mesh)
     try:
@@ -253,10 +114,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 scalars.update(step_time=seconds, samples_per_second=config.batch_size / seconds)
                 if model_flops:
                     scalars["mfu"] = model_flops / seconds / (peak * jax.device_count())
-                scalars.update({f"data/skipped_{k}": v for k, v in batches.error_counts().items()})
+                skipped = multihost.sum_over_processes(batches.error_counts())
+                scalars.update({f"data/skipped_{k}": v for k, v in skipped.items()})
                 writer.write_scalars(step, scalars)
                 window_start, window_steps = time.perf_counter(), 0
-            stopping = preemption.should_stop()
+            stopping = preemption.should_stop(step)
             variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
             eval_results = run_evals(
                 eval_tasks, step, config, image_size, variables, encoders, force=step == config.total_steps,
@@ -264,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if eval_results:
                 writer.write_scalars(step, eval_results)
             if step % config.checkpoint_every_steps == 0 or step == config.total_steps or stopping:
-                checkpointer.save(step, state, batches.get_state(), metadata)
+                data_state = data.merge_states(multihost.allgather_json(batches.get_state()))
+                checkpointer.save(step, state, data_state, metadata)
             if stopping:
                 break
     finally:
@@ -274,3 +137,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         preemption.restore()
     return state
 
+
+def open_training_data(
+    config: ml_collections.ConfigDict, image_size: int, data_state: dict[str, Any] | None
+) -> data.Pipeline:
+    """This process's training input pipeline; a source that is missing or empty is a ConfigError naming the flag."""
+    try:
+        return data.Pipeline(
+            config.data.train,
+            training=True,
+            batch_size=config.batch_size // jax.process_count(),
+            image_size=image_size,
+            tokenizer=config.data.tokenizer,
+            context_length=config.data.context_length,
+            seed=config.seed,
+            num_streams=num_data_streams(config, data_state),
+            crop_scale=(config.data.min_crop_scale, 1.0),
+            shuffle_buffer=config.data.shuffle_buffer,
+            resample=config.data.resample,
+        )
+    except (FileNotFoundError, data.NoValidDataError) as e:
+        raise ConfigError(f"config.data.train: {e}; set the training data with --config.data.train=SOURCE") from None
+
+
+def num_data_streams(config: ml_collections.ConfigDict, data_state: dict[str, Any] | None) -> int:
+    """config.data.num_streams; 0 means one per process of the run that started it (kept on resume)."""
+    streams = config.data.num_streams or (data_state or {}).get("fingerprint", {}).get("num_streams") or jax.process_count()
+    if streams % jax.process_count() or config.batch_size % streams:
+        raise ValueError(
+            f"config.data.num_streams: {streams} data streams must split over the {jax.process_count()} processes "
+            f"and split config.batch_size {config.batch_size} evenly"
+        )
+    return streams

@@ -25,6 +25,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from clip_jax import config as config_lib
 from clip_jax import losses, optim
 from clip_jax.sharding import BATCH_AXES, batch_sharding, logical_shardings, replicated
 
@@ -33,7 +34,12 @@ Batch = dict[str, jax.Array]
 
 
 def loss_function(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
-    """(image_embeds, text_embeds, logit_scale, logit_bias, axis_name) -> scalar loss, by config.loss."""
+    """(image_embeds, text_embeds, logit_scale, logit_bias, axis_name) -> scalar loss, by config.loss.
+
+    config.loss_impl and loss_block_size pick how clip and siglip form their
+    logits; clip_lite exchanges one caption with the neighbouring device and
+    has a single O(n d) form, the same under either loss_impl.
+    """
     if config.loss == "clip":
         return lambda x, y, scale, bias, axis_name: losses.clip_loss(
             x, y, scale, axis_name, impl=config.loss_impl, block_size=config.loss_block_size
@@ -45,6 +51,19 @@ def loss_function(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]
     if config.loss == "clip_lite":
         return lambda x, y, scale, bias, axis_name: losses.clip_lite_loss(x, y, scale, axis_name)
     raise ValueError(f"config.loss: unknown loss {config.loss!r}")
+
+
+def check_model_fits_loss(model: nn.Module, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError when config.loss needs a logit_bias the model lacks, or the model has one it would ignore."""
+    needs_bias = config_lib.LOSS_LOGIT_INIT[config.loss][1] is not None
+    has_bias = model.init_logit_bias is not None
+    if needs_bias and not has_bias:
+        raise ValueError(
+            f"config.loss: {config.loss} needs a model with a logit_bias "
+            "(model_config.model_from_config(config) or create_model(..., init_logit_bias=...))"
+        )
+    if has_bias and not needs_bias:
+        raise ValueError(f"config.loss: {config.loss} has no logit bias, but the model has a logit_bias parameter")
 
 
 def global_loss_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[..., tuple[jax.Array, dict]]:
@@ -284,6 +303,8 @@ def model_flops_per_step(model: nn.Module, config: ml_collections.ConfigDict, me
 
 def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array) -> CompiledTraining:
     """Lays out the state over `mesh` and compiles init and the train step for config.batch_size."""
+    config_lib.validate_batch_layout(config, mesh.shape["data"] * mesh.shape["fsdp"])
+    check_model_fits_loss(model, config)
     optimizer = optim.make_optimizer(config)
     image_size, context_length = model.visual.image_size, config.data.context_length
     param_shardings = _param_shardings(model, context_length, mesh)

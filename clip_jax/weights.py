@@ -7,19 +7,22 @@ told what it is.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from clip_jax import paths
 from clip_jax.models import CLIP, create_model
 
 
-def save_variables(directory: str, variables: dict[str, Any], metadata: dict[str, Any], step: int = 0) -> None:
+def save_variables(
+    directory: epath.PathLike, variables: dict[str, Any], metadata: dict[str, Any], step: int = 0
+) -> None:
     """Writes variables and JSON metadata as step `step` of an Orbax checkpoint in `directory`."""
-    with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+    with ocp.CheckpointManager(paths.resolve(directory)) as manager:
         manager.save(
             step,
             args=ocp.args.Composite(variables=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)),
@@ -27,14 +30,14 @@ def save_variables(directory: str, variables: dict[str, Any], metadata: dict[str
         manager.wait_until_finished()
 
 
-def load_variables(directory: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_variables(directory: epath.PathLike, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables as host numpy arrays, metadata) from the newest (or given) step in `directory`.
 
     Works whatever devices or processes wrote the checkpoint: arrays come back
     whole, on the host, for any topology.
     """
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
+    directory = paths.resolve(directory)
+    if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
     handlers = {
         "variables": ocp.StandardCheckpointHandler(),
@@ -54,7 +57,7 @@ def load_variables(directory: str, step: int | None = None) -> tuple[dict[str, A
     return restored.variables, restored.metadata
 
 
-def load_model(directory: str, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
+def load_model(directory: epath.PathLike, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
     """(model, variables) from a directory written by `save_variables` (e.g. by import_weights).
 
     overrides (dtype, remat_policy, ...) are applied on top of the saved ones.

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from clip_jax.config import default_config, validate
-from clip_jax.train import build_model
+from clip_jax.model_config import model_from_config
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
 
@@ -24,7 +24,7 @@ def test_config_validates_and_builds(path):
     assert "python -m clip_jax.main --config=configs/" in module["__doc__"]
     config = module["get_config"]()
     validate(config)
-    model, _ = build_model(config)
+    model, _ = model_from_config(config)
     size = model.visual.image_size
     jax.eval_shape(
         model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, config.data.context_length), jnp.int32)

@@ -344,3 +344,70 @@ def test_two_processes_assemble_one_global_batch(tmp_path):
     assert results[0]["local"] == ["r0", "r1", "r2", "r3"] and results[1]["local"] == ["r4", "r5", "r6", "r7"]
     assert results[0]["global"] == results[1]["global"] == [f"r{i}" for i in range(8)]
     assert results[0]["shape"] == [8, 16, 16, 3]
+
+
+# ----------------------------------------------------------------------------
+# data streams: the global batch does not depend on the process count
+
+
+def global_batches(source, num_streams, process_count, n, states=None, **kwargs):
+    """n global batches of 8 as the processes would assemble them (process-major), and each process's state."""
+    iterators = [
+        make(source, batch_size=8 // process_count, num_streams=num_streams, process_index=p,
+             process_count=process_count, **kwargs).iterator(states)
+        for p in range(process_count)
+    ]
+    batches = []
+    for _ in range(n):
+        parts = [next(it) for it in iterators]
+        batches.append({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
+    return batches, [it.get_state() for it in iterators]
+
+
+@pytest.fixture(scope="module")
+def shards_with_undecodable_images(tmp_path_factory) -> str:
+    """Four shards of 6 samples; r3 and r14 decode as garbage (only tf.data's decoder can tell)."""
+    directory = tmp_path_factory.mktemp("bad_wds")
+    for s in range(4):
+        members = [
+            m for i in range(6 * s, 6 * s + 6)
+            for m in sample_members(i, **({"image": corrupt_jpeg(i)} if i in (3, 14) else {}))
+        ]
+        write_tar(str(directory / f"{s:05d}.tar"), members)
+    return f"wds:{directory}/*.tar"
+
+
+@pytest.mark.parametrize("source", ["shards", "bad_images", "shapes#size=16&n=37"])
+def test_global_batch_is_the_same_for_every_process_count(source, shards, shards_with_undecodable_images):
+    """Also with undecodable images: each stream replaces its own failures, so the batches stay the same."""
+    source = {"shards": shards, "bad_images": shards_with_undecodable_images}.get(source, source)
+    expected, states = global_batches(source, num_streams=4, process_count=1, n=5)  # crosses epochs
+    skipped = sum(stream["skipped"]["bad_image"] for stream in states[0]["streams"].values())
+    assert (skipped >= 2) if source == shards_with_undecodable_images else (skipped == 0)  # the first epoch's two
+    for process_count in (2, 4):
+        got, _ = global_batches(source, num_streams=4, process_count=process_count, n=5)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a["tokens"], b["tokens"])
+            np.testing.assert_array_equal(a["images"], b["images"])  # same crops: seeded by (seed, stream, m)
+
+
+def test_resume_on_another_process_count(shards):
+    """Elastic resume: 2 processes stop after 3 batches, 1 process (and 4) go on exactly."""
+    expected, _ = global_batches(shards, num_streams=4, process_count=1, n=6)
+    _, states = global_batches(shards, num_streams=4, process_count=2, n=3)
+    saved = json.loads(json.dumps(data.merge_states(states)))
+    assert sorted(saved["streams"]) == ["0", "1", "2", "3"]
+    for process_count in (1, 4):
+        resumed, _ = global_batches(shards, num_streams=4, process_count=process_count, n=3, states=saved)
+        for a, b in zip(resumed, expected[3:], strict=True):
+            np.testing.assert_array_equal(a["tokens"], b["tokens"])
+
+
+def test_streams_must_split_over_processes_and_batch(shards):
+    with pytest.raises(ValueError, match="num_streams 4 is not a multiple of the 3 processes"):
+        make(shards, num_streams=4, process_index=0, process_count=3)
+    with pytest.raises(ValueError, match="batch_size 6 does not split over this process's 4 data streams"):
+        make(shards, batch_size=6, num_streams=4)
+    state = make(shards, num_streams=4, process_index=0, process_count=2).iterator().get_state()
+    with pytest.raises(ValueError, match=r"no position for streams \[2, 3\]"):
+        make(shards, num_streams=4, process_index=1, process_count=2).iterator(state)

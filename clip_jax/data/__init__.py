@@ -10,7 +10,7 @@ layout in `pipeline`, the generated data set in `shapes`.
 """
 from clip_jax.data.device import DevicePrefetcher, make_global_batch
 from clip_jax.data.iterator import DataIterator
-from clip_jax.data.pipeline import Pipeline, make_dataset, make_iterator
+from clip_jax.data.pipeline import Pipeline, make_dataset, make_iterator, merge_states
 from clip_jax.data.preprocess import OPENAI_MEAN, OPENAI_STD
 from clip_jax.data.records import ERROR_KINDS, NoValidDataError
 from clip_jax.data.spec import parse_source
@@ -28,5 +28,6 @@ __all__ = [
     "make_dataset",
     "make_global_batch",
     "make_iterator",
+    "merge_states",
     "parse_source",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from clip_jax import paths
 from clip_jax.data.records import Fields, Item, Skipped, make_item
 from clip_jax.data.spec import SourceSpec, open_binary
 
@@ -56,7 +57,7 @@ def row_item(row: Row, base_dir: str, fields: Fields, where: str) -> Item:
     path, caption, label = row
     if not path:
         return Skipped("bad_record", where)
-    if not (os.path.isabs(path) or "://" in path):
+    if not (os.path.isabs(path) or paths.is_remote(path)):
         path = os.path.join(base_dir, path)
     try:
         with open_binary(path) as f:

@@ -13,7 +13,8 @@ keeps the state of the last example of the last batch it returned.
 pipeline there: finished files are never reopened, open ones are read past
 (at most one shard each) and one shuffle block is re-read, with no image
 decoded along the way. A resumed run sees exactly the batches an
-uninterrupted one would have seen.
+uninterrupted one would have seen. A process reading several data streams
+keeps one such position per stream.
 
 This was chosen over checkpointing tf.data iterators (`tf.train.Checkpoint`),
 which store every buffer (a shuffle buffer of encoded images, prefetched
@@ -25,26 +26,36 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
 
-from clip_jax.data.producer import StreamState
+from clip_jax.data.producer import StateLayout, StreamState
 from clip_jax.data.records import ERROR_KINDS, NoValidDataError
-
-if TYPE_CHECKING:
-    from clip_jax.data.pipeline import Pipeline
 
 log = logging.getLogger("clip_jax.data")
 _LOG_EVERY_S = 60.0
 _BAD_IMAGE = ERROR_KINDS.index("bad_image")
 
 
+class StreamedPipeline(Protocol):
+    """What the iterator needs of a pipeline (`Pipeline` is one)."""
+
+    layout: StateLayout
+
+    def dataset(self, state: dict[str, Any] | None = None) -> tf.data.Dataset: ...
+
+    def state_dict(self, states: Sequence[StreamState]) -> dict[str, Any]: ...
+
+    def parse_state(self, state: dict[str, Any] | None) -> list[StreamState]: ...
+
+
 class DataIterator:
     """Iterates host-local batches (dicts of read-only numpy arrays) of a Pipeline, resumably."""
 
-    def __init__(self, pipeline: Pipeline, state: dict[str, Any] | None = None):
+    def __init__(self, pipeline: StreamedPipeline, state: dict[str, Any] | None = None):
         self._pipeline = pipeline
         self._last_log, self._logged_total = time.monotonic(), 0
         self.set_state(state)
@@ -60,29 +71,37 @@ class DataIterator:
             if match:
                 raise NoValidDataError(match.group(1).rstrip("]")) from None
             raise
-        state = self._pipeline.layout.unpack(meta["state"])
-        errors = list(state.errors)
-        errors[_BAD_IMAGE] += int(meta["decode_failures"])
-        self._state = StreamState(state.m, tuple(errors), state.cursors)
+        self._states = [
+            _with_decode_failures(self._pipeline.layout.unpack(vector), int(failures))
+            for vector, failures in zip(meta["state"], meta["decode_failures"], strict=True)
+        ]
         self._maybe_log()
         return batch
 
     def get_state(self) -> dict[str, Any]:
         """JSON-able position after the last batch returned (see the module docstring)."""
-        return self._pipeline.state_dict(self._state)
+        return self._pipeline.state_dict(self._states)
 
     def set_state(self, state: dict[str, Any] | None) -> None:
         """Continues after the batch at which `state` was taken (None: from the start)."""
-        self._state = self._pipeline.parse_state(state)
-        self._batches = self._pipeline.dataset(self._pipeline.state_dict(self._state)).as_numpy_iterator()
+        self._states = self._pipeline.parse_state(state)
+        self._batches = self._pipeline.dataset(self._pipeline.state_dict(self._states)).as_numpy_iterator()
 
     def error_counts(self) -> dict[str, int]:
-        """Skipped records and files so far, by reason (records.ERROR_KINDS)."""
-        return dict(zip(ERROR_KINDS, self._state.errors, strict=True))
+        """Skipped records and files so far in this process's streams, by reason (records.ERROR_KINDS)."""
+        totals = np.sum([state.errors for state in self._states], axis=0)
+        return {kind: int(n) for kind, n in zip(ERROR_KINDS, totals, strict=True)}
 
     def _maybe_log(self) -> None:
-        total = sum(self._state.errors)
+        total = sum(self.error_counts().values())
         now = time.monotonic()
         if total > self._logged_total and now - self._last_log > _LOG_EVERY_S:
             log.warning("input pipeline skipped %d records so far: %s", total, self.error_counts())
             self._last_log, self._logged_total = now, total
+
+
+def _with_decode_failures(state: StreamState, failures: int) -> StreamState:
+    """The stream's state with images that failed to decode in tf.data added to its skip counts."""
+    errors = list(state.errors)
+    errors[_BAD_IMAGE] += failures
+    return StreamState(state.m, tuple(errors), state.cursors)

@@ -4,8 +4,16 @@
     it = pipeline.iterator()                  # host-local numpy batches + get_state()/set_state()
     batch = next(it)  # {"images": float32 [B, 224, 224, 3], "tokens": int32 [B, 77]}
 
-Records are read and ordered in Python (`producer`), where every example
-gets its stream index and the resume state after it; TensorFlow decodes and
+Data streams. The records of every source are split into `num_streams`
+disjoint streams (stream s reads every num_streams-th file, or record); each
+process reads a contiguous block of them, and each of its batches holds
+batch_size / (its streams) consecutive rows from each stream in stream order.
+A global batch is therefore the same examples in the same order for any
+process count that divides num_streams, and a run can resume on another
+number of processes. Each stream's position is saved separately.
+
+Within a stream, records are read and ordered in Python (`producer`), where
+every example gets its index and the resume state after it; TensorFlow decodes and
 augments in parallel (per-example seeds from the stream index, so results do
 not depend on thread timing), batches, and tokenizes each batch with the
 configured tokenizer. An image that fails to decode is dropped and counted
@@ -29,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from clip_jax.data import preprocess
+from clip_jax.data.order import hash64
 from clip_jax.data.iterator import DataIterator
 from clip_jax.data.producer import StateLayout, StreamState, initial_state, produce
 from clip_jax.data.records import ERROR_KINDS
@@ -36,7 +45,7 @@ from clip_jax.data.sources import ReadOptions, make_source
 from clip_jax.data.spec import parse_mixture
 
 Tokenizer = Callable[[list[str]], np.ndarray]
-STATE_VERSION = 1
+STATE_VERSION = 2
 # A run of this many images in a row that fail to decode means the data is unusable.
 MAX_CONSECUTIVE_DECODE_FAILURES = 10_000
 
@@ -62,7 +71,10 @@ class Pipeline:
         "sentencepiece:/path") or a callable list[str] -> int32 [N, context_length].
       context_length: tokens per caption.
       seed: the data order, crops and caption choices are functions of it.
-      process_index, process_count: this process's share (default: jax's).
+      process_index, process_count: this process (default: jax's).
+      num_streams: disjoint streams the records are split into (default: one
+        per process); must be a multiple of process_count. This process reads
+        streams [p * S / P, (p + 1) * S / P). Evaluation reads one stream per process.
       image_key, caption_key, label_key: record fields ("a;b" lists alternatives);
         None uses each kind's defaults; a source's `#` options override these.
       text: read captions and emit tokens. labels: read labels and emit them.
@@ -86,6 +98,7 @@ class Pipeline:
         seed: int = 0,
         process_index: int | None = None,
         process_count: int | None = None,
+        num_streams: int | None = None,
         image_key: str | None = None,
         caption_key: str | None = None,
         label_key: str | None = None,
@@ -106,23 +119,31 @@ class Pipeline:
             import jax
 
             process_index, process_count = jax.process_index(), jax.process_count()
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} out of range for {process_count} processes")
         if training and num_captions != 1:
             raise ValueError("training samples one caption per example: num_captions must be 1")
+        self.num_streams = num_streams or process_count
+        self.streams = local_streams(self.num_streams, process_index, process_count)
+        if batch_size % len(self.streams):
+            raise ValueError(f"batch_size {batch_size} does not split over this process's {len(self.streams)} data streams")
+        if not training and len(self.streams) > 1:
+            raise ValueError(f"evaluation reads one stream per process: num_streams {num_streams} != {process_count}")
         _hide_gpus_from_tf()
         mixture = parse_mixture(source)
         self.read = ReadOptions(
-            training, seed, process_index, process_count, resample, shuffle_buffer, cycle_length,
+            training, seed, self.streams[0], self.num_streams, resample, shuffle_buffer, cycle_length,
             image_key, caption_key, label_key, text, labels,
         )
-        self.sources = [make_source(spec, i, self.read) for i, (spec, _) in enumerate(mixture)]
+        self.stream_sources = {
+            s: [make_source(spec, i, dataclasses.replace(self.read, stream_index=s)) for i, (spec, _) in enumerate(mixture)]
+            for s in self.streams
+        }
+        self.sources = self.stream_sources[self.streams[0]]
         self.weights = [w for _, w in mixture]
         self.batch_size, self.num_captions, self.chunk_size = batch_size, num_captions, chunk_size
         self.epochs = epochs if epochs is not None or training else 1
         self.augment = Augment(image_size, tuple(crop_scale), tuple(crop_ratio))
         self._normalize = preprocess.Normalizer(mean, std)
-        self.layout = StateLayout(tuple(len(c) for c in initial_state(self.sources).cursors))
+        self.layout = StateLayout(tuple(len(c) for c in initial_state(self.sources).cursors))  # the same for every stream
         self.tokenizer: Tokenizer | None = None
         if text:
             if isinstance(tokenizer, str):
@@ -140,53 +161,79 @@ class Pipeline:
         return {
             "sources": [[s.spec.text, w] for s, w in zip(self.sources, self.weights, strict=True)],
             "seed": r.seed,
-            "process_index": r.process_index,
-            "process_count": r.process_count,
+            "num_streams": self.num_streams,
             "training": r.training,
             "resample": r.resample,
             "shuffle_buffer": r.shuffle_buffer,
             "cycle_length": r.cycle_length,
         }
 
-    def state_dict(self, state: StreamState) -> dict[str, Any]:
-        """A StreamState as a JSON-able dict with the fingerprint."""
+    def state_dict(self, states: Sequence[StreamState]) -> dict[str, Any]:
+        """This process's StreamStates (one per local stream) as a JSON-able dict with the fingerprint."""
         return {
             "version": STATE_VERSION,
             "fingerprint": self.fingerprint(),
-            "examples": state.m,
-            "skipped": dict(zip(ERROR_KINDS, state.errors, strict=True)),
-            "cursors": [list(c) for c in state.cursors],
+            "streams": {
+                str(s): {
+                    "examples": state.m,
+                    "skipped": dict(zip(ERROR_KINDS, state.errors, strict=True)),
+                    "cursors": [list(c) for c in state.cursors],
+                }
+                for s, state in zip(self.streams, states, strict=True)
+            },
         }
 
-    def parse_state(self, state: dict[str, Any] | None) -> StreamState:
-        """The StreamState of a dict from `state_dict` (None: the start); checks the fingerprint."""
+    def parse_state(self, state: dict[str, Any] | None) -> list[StreamState]:
+        """The local streams' StreamStates in a dict from `state_dict` (None: the start).
+
+        The dict may hold other streams too (a checkpoint holds all of them);
+        its fingerprint must match this pipeline's.
+        """
         if state is None:
-            return initial_state(self.sources)
+            return [initial_state(self.stream_sources[s]) for s in self.streams]
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported input pipeline state version {state.get('version')!r}")
         saved, now = state["fingerprint"], self.fingerprint()
         diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if diff:
             raise ValueError(f"input pipeline state was saved with other settings (saved, now): {diff}")
-        errors = tuple(int(state["skipped"].get(k, 0)) for k in ERROR_KINDS)
-        return StreamState(int(state["examples"]), errors, tuple(tuple(c) for c in state["cursors"]))
+        missing = [s for s in self.streams if str(s) not in state["streams"]]
+        if missing:
+            raise ValueError(f"input pipeline state has no position for streams {missing} (it has {sorted(state['streams'])})")
+        return [_stream_state(state["streams"][str(s)]) for s in self.streams]
 
     # -- tf.data ------------------------------------------------------------
 
     def dataset(self, state: dict[str, Any] | None = None) -> tf.data.Dataset:
         """Batches as (batch, meta) pairs, starting after `state` (a dict from `state_dict`).
 
-        meta: "state" int64 [D] (the StreamState after the batch's last
-        example, see StateLayout) and "decode_failures" int64 (images that
-        failed to decode in this dataset so far).
+        meta: "state" int64 [K, D] (for each of the K local streams, its
+        StreamState after the batch, see StateLayout) and "decode_failures"
+        int64 [K] (images that failed to decode in each stream so far).
         """
-        start = self.parse_state(state)
+        starts = self.parse_state(state)
+        branches = [self._stream_dataset(s, start) for s, start in zip(self.streams, starts, strict=True)]
+        if len(branches) == 1:
+            ds = branches[0].map(lambda batch, meta: (batch, stack_metas([meta])))
+        else:
+            ds = tf.data.Dataset.zip(tuple(branches)).map(lambda *parts: (
+                {k: tf.concat([batch[k] for batch, _ in parts], axis=0) for k in parts[0][0]},
+                stack_metas([meta for _, meta in parts]),
+            ))
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    def _stream_dataset(self, stream_index: int, start: StreamState) -> tf.data.Dataset:
+        """One stream's batches of batch_size / K rows as (batch, meta) with meta of that stream alone."""
+        sources = self.stream_sources[stream_index]
 
         def generate():
             return produce(
-                self.sources,
+                sources,
                 self.weights,
                 seed=self.read.seed,
+                stream_index=stream_index,
                 epochs=self.epochs,
                 training=self.read.training,
                 num_captions=self.num_captions,
@@ -203,28 +250,30 @@ class Pipeline:
             tf.TensorSpec([None], tf.int64),
             tf.TensorSpec([None, self.layout.size], tf.int64),
         )
+        crop_key = hash64(self.read.seed, stream_index) >> 1  # a non-negative int64
         ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
         ds = ds.map(lambda image, texts, count, label, m, st: dict(
             image=image, texts=texts, count=count, label=label, m=m, state=st))
         ds = ds.interleave(
-            self._decode_one, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            lambda e: self._decode_one(crop_key, e),
+            cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
         ds = ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), self._count_failures)
         ds = ds.filter(lambda e: e["ok"])
-        ds = ds.batch(self.batch_size, drop_remainder=self.read.training)
-        ds = ds.map(self._finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        options = tf.data.Options()
-        options.deterministic = True
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(self.batch_size // len(self.streams), drop_remainder=self.read.training)
+        return ds.map(self._finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def iterator(self, state: dict[str, Any] | None = None) -> DataIterator:
         """A resumable iterator of host-local numpy batches."""
         return DataIterator(self, state)
 
-    def _decode_one(self, element: dict[str, tf.Tensor]) -> tf.data.Dataset:
-        """One example as a one-element dataset: decoded (ok=True), or a blank with ok=False."""
+    def _decode_one(self, crop_key: int, element: dict[str, tf.Tensor]) -> tf.data.Dataset:
+        """One example as a one-element dataset: decoded (ok=True), or a blank with ok=False.
+
+        The random crop's seed is (crop_key, m): a function of the seed, the stream and the example.
+        """
         a = self.augment
-        seed = tf.stack([tf.constant(self.read.seed, tf.int64), element["m"]])
+        seed = tf.stack([tf.constant(crop_key, tf.int64), element["m"]])
 
         def decode(e: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             if self.read.training:
@@ -272,9 +321,42 @@ class Pipeline:
         if not self.read.training:
             n = tf.shape(e["image"])[0]
             batch["mask"] = tf.ones([n], tf.bool)
-            batch = {k: _pad(v, self.batch_size) for k, v in batch.items()}
+            batch = {k: _pad(v, self.batch_size // len(self.streams)) for k, v in batch.items()}
         batch["images"] = self._normalize(batch["images"])
         return batch, meta
+
+
+def stack_metas(metas: Sequence[dict[str, tf.Tensor]]) -> dict[str, tf.Tensor]:
+    """Per-stream metadata stacked along a new leading axis [K, ...]."""
+    return {key: tf.stack([meta[key] for meta in metas]) for key in metas[0]}
+
+
+def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One state holding every stream of per-process states from `get_state()` (what a checkpoint saves)."""
+    first = states[0]
+    for other in states[1:]:
+        if (other["version"], other["fingerprint"]) != (first["version"], first["fingerprint"]):
+            raise ValueError("input pipeline states of different settings cannot be merged")
+    streams = {k: v for state in states for k, v in state["streams"].items()}
+    return {**first, "streams": dict(sorted(streams.items(), key=lambda item: int(item[0])))}
+
+
+def local_streams(num_streams: int, process_index: int, process_count: int) -> list[int]:
+    """The streams process p of P reads: [p * S / P, (p + 1) * S / P)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} out of range for {process_count} processes")
+    if num_streams % process_count:
+        raise ValueError(
+            f"num_streams {num_streams} is not a multiple of the {process_count} processes: every process "
+            "reads an equal block of the data streams"
+        )
+    per_process = num_streams // process_count
+    return list(range(process_index * per_process, (process_index + 1) * per_process))
+
+
+def _stream_state(saved: dict[str, Any]) -> StreamState:
+    errors = tuple(int(saved["skipped"].get(k, 0)) for k in ERROR_KINDS)
+    return StreamState(int(saved["examples"]), errors, tuple(tuple(c) for c in saved["cursors"]))
 
 
 def _pad(x: tf.Tensor, size: int) -> tf.Tensor:

@@ -5,9 +5,9 @@ state after it (a flat int64 vector, see `StateLayout`). The consumer keeps
 the state of the last example it received, so resuming never depends on how
 far tf.data's buffers had read ahead.
 
-Which source supplies example m, and which of an example's captions is used
-in training, are hashes of (seed, m): the mixture and the caption sampling
-resume exactly with nothing but m in the state.
+Which source supplies example m of a stream, and which of an example's
+captions is used in training, are hashes of (seed, stream, m): the mixture and
+the caption sampling resume exactly with nothing but m in the state.
 """
 from __future__ import annotations
 
@@ -77,6 +77,7 @@ def produce(
     weights: Sequence[float],
     *,
     seed: int,
+    stream_index: int,
     epochs: int | None,
     training: bool,
     num_captions: int,
@@ -100,7 +101,7 @@ def produce(
     while True:
         k = 0
         if len(streams) > 1:
-            k = min(bisect.bisect(bounds, uniform(seed, _MIX_SALT, m) * bounds[-1]), len(bounds) - 1)
+            k = min(bisect.bisect(bounds, uniform(seed, stream_index, _MIX_SALT, m) * bounds[-1]), len(bounds) - 1)
         for item, cursor in streams[k]:
             cursors[k] = cursor
             if isinstance(item, Example):
@@ -109,7 +110,7 @@ def produce(
         else:
             break
         if training:
-            texts = [item.captions[hash64(seed, _CAPTION_SALT, m) % len(item.captions)]] if item.captions else [""]
+            texts = [item.captions[hash64(seed, stream_index, _CAPTION_SALT, m) % len(item.captions)]] if item.captions else [""]
         else:
             texts = list(item.captions[:num_captions]) + [""] * max(num_captions - len(item.captions), 0)
         m += 1

@@ -34,8 +34,8 @@ class ReadOptions:
 
     training: bool
     seed: int
-    process_index: int
-    process_count: int
+    stream_index: int  # this stream's share of the records: every num_streams-th file (or record)
+    num_streams: int
     resample: bool = False
     shuffle_buffer: int = 10_000
     cycle_length: int = 8
@@ -68,7 +68,7 @@ class IndexSource(Source):
         self, spec: SourceSpec, count: int, get: Callable[[int], Item], opts: ReadOptions, key: Sequence[int]
     ):
         super().__init__(spec)
-        self._local = range(opts.process_index, count, opts.process_count)
+        self._local = range(opts.stream_index, count, opts.num_streams)
         self._get, self._opts, self._key = get, opts, tuple(key)
 
     def start(self) -> Cursor:
@@ -84,9 +84,9 @@ class IndexSource(Source):
 class ShardSource(Source):
     """Files of records (tar shards, TFRecords) read round-robin, then block-shuffled.
 
-    With at least as many files as processes each process reads its own
-    files; with fewer, every process reads every file and keeps every
-    process_count-th record.
+    With at least as many files as streams each stream reads its own files;
+    with fewer, every stream reads every file and keeps every num_streams-th
+    record.
     """
 
     def __init__(
@@ -98,7 +98,7 @@ class ShardSource(Source):
         key: Sequence[int],
     ):
         super().__init__(spec)
-        pi, pc = opts.process_index, opts.process_count
+        pi, pc = opts.stream_index, opts.num_streams
         self._shared = len(files) < pc
         self._files = list(enumerate(files)) if self._shared else list(enumerate(files))[pi::pc]
         self._read, self._opts, self._key = read, opts, tuple(key)
@@ -108,7 +108,7 @@ class ShardSource(Source):
 
     def _open(self, file: tuple[int, str]) -> Iterator[Item]:
         file_id, path = file
-        pi, pc = self._opts.process_index, self._opts.process_count
+        pi, pc = self._opts.stream_index, self._opts.num_streams
         keep = (lambda i: (i + file_id) % pc == pi) if self._shared else (lambda i: True)
         return self._read(path, keep)
 
@@ -152,7 +152,7 @@ def _fields(spec: SourceSpec, defaults: dict[str, str], opts: ReadOptions) -> Fi
 
 def make_source(spec: SourceSpec, index: int, opts: ReadOptions) -> Source:
     """Builds the source for one parsed source string; `index` is its place in the mixture."""
-    key = (opts.seed, index, opts.process_index)
+    key = (opts.seed, index, opts.stream_index)
     if spec.kind in ("wds", "tfrecord"):
         module = wds if spec.kind == "wds" else tfrecord
         fields = _fields(spec, module.DEFAULT_FIELDS, opts)
@@ -175,8 +175,8 @@ def make_source(spec: SourceSpec, index: int, opts: ReadOptions) -> Source:
             data_dir=spec.options.get("data_dir"),
             shuffle=opts.training,
             seed=opts.seed,
-            process_index=opts.process_index,
-            process_count=opts.process_count,
+            process_index=opts.stream_index,
+            process_count=opts.num_streams,
             source_text=spec.text,
         )
         return TfdsSource(spec, reader, opts, key)

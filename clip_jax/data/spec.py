@@ -22,6 +22,8 @@ from typing import BinaryIO
 
 import tensorflow as tf
 
+from clip_jax import paths
+
 KINDS = ("tfds", "wds", "tfrecord", "csv", "shapes")
 _COMMON_OPTIONS = {"image_key", "caption_key", "label_key"}
 _KIND_OPTIONS = {
@@ -134,6 +136,6 @@ def list_files(spec: SourceSpec) -> list[str]:
 
 def open_binary(path: str) -> BinaryIO:
     """Opens a local file (buffered) or a remote one (gs://, ...) through tf.io.gfile."""
-    if "://" in path:
+    if paths.is_remote(path):
         return tf.io.gfile.GFile(path, "rb")
     return open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - the caller closes it

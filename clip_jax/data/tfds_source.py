@@ -63,7 +63,15 @@ class TfdsReader:
     ):
         import tensorflow_datasets as tfds
 
-        self._builder = tfds.builder(name, data_dir=data_dir)
+        try:
+            self._builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise FileNotFoundError(f"data source {source_text!r}: TFDS knows no dataset {name!r}") from None
+        if not self._builder.is_prepared():
+            raise FileNotFoundError(
+                f"data source {source_text!r}: TFDS dataset {name!r} is not prepared in {self._builder.data_dir!r}; "
+                f"prepare it with `tfds build {name}` (manual downloads: `--manual_dir`), or set #data_dir="
+            )
         splits = self._builder.info.splits
         if split.split("[")[0] not in splits:
             raise ValueError(f"data source {source_text!r}: no split {split!r}; available: {sorted(splits)}")

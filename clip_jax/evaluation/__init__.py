@@ -7,6 +7,8 @@
 
 Independent of the data pipeline and the train loop: encoders are callables
 (numpy batch -> [B, E]), batches are dicts of numpy arrays (see evaluator).
+`clip_jax.evaluation.in_loop` runs them inside training, each process reading
+its share of an eval set; it imports the data pipeline, so not from here.
 """
 from clip_jax.evaluation.batching import BatchedEncoder
 from clip_jax.evaluation.evaluator import EVAL_TYPES, embed_images, embed_retrieval, embed_texts, run_eval

@@ -9,6 +9,14 @@ import numpy as np
 Encoder = Callable[[np.ndarray], jax.Array]
 
 
+def pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+    """rows [n, ...] (0 < n <= size) -> [size, ...], the added rows copies of the last one.
+
+    Copies of a real row are valid input to any encoder; callers drop their outputs.
+    """
+    return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows), axis=0)])
+
+
 class BatchedEncoder:
     """Collects rows [n, ...] in any amounts and encodes them in batches of exactly `batch_size`.
 
@@ -48,6 +56,4 @@ class BatchedEncoder:
     def _encode_pending(self) -> None:
         batch, num_valid = np.concatenate(self._pending), self._num_pending
         self._pending, self._num_pending = [], 0
-        if num_valid < self._batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], self._batch_size - num_valid, axis=0)])
-        self._outputs.append(self._encode(batch)[:num_valid])
+        self._outputs.append(self._encode(pad_rows(batch, self._batch_size))[:num_valid])

@@ -109,7 +109,7 @@ def model_spec(name: str, **overrides: Any) -> ModelSpec:
     return _override(dataclasses.replace(spec, vision=vision, text=text), overrides, "model")
 
 
-def build_model(spec: ModelSpec) -> CLIP:
+def model_from_spec(spec: ModelSpec) -> CLIP:
     """A linen CLIP module from a ModelSpec."""
     v, t = spec.vision, spec.text
     spec = dataclasses.replace(spec, dtype=jnp.dtype(spec.dtype))  # also accepts "bfloat16"
@@ -161,4 +161,4 @@ def create_model(name: str, **overrides: Any) -> CLIP:
     ('none' | 'full' | 'dots' | 'dots_no_batch'), scan_layers; `vision={...}`
     and `text={...}` override tower fields (e.g. text={'vocab_size': 32000}).
     """
-    return build_model(model_spec(name, **overrides))
+    return model_from_spec(model_spec(name, **overrides))

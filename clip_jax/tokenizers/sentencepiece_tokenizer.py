@@ -7,11 +7,11 @@ a long text is cut so that EOS stays the last id. Models made with
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 
 class SentencePieceTokenizer:
@@ -20,13 +20,14 @@ class SentencePieceTokenizer:
     pad_id = 0
 
     def __init__(self, model_file: str, context_length: int = 64):
-        if not os.path.isfile(model_file):
+        """model_file: a .model file, local or in a bucket (gs://...)."""
+        if not epath.Path(model_file).is_file():
             raise FileNotFoundError(f"SentencePiece model file not found: {model_file!r}")
         if context_length < 1:
             raise ValueError(f"context_length must be positive, got {context_length}")
         self.model_file = model_file
         self.context_length = context_length
-        self._sp = spm.SentencePieceProcessor(model_file=model_file)
+        self._sp = spm.SentencePieceProcessor(model_proto=epath.Path(model_file).read_bytes())
         if self._sp.pad_id() != self.pad_id:
             raise ValueError(
                 f"{model_file!r} has pad id {self._sp.pad_id()}, but clip_jax pads with 0: "

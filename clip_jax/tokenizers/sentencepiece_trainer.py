@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Sequence
 
 import sentencepiece as spm
+from etils import epath
+
+from clip_jax import paths
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+def _local_copy(path: str, scratch: str) -> str:
+    """`path` itself if local, else a copy in `scratch`: SentencePiece reads local files only."""
+    if not paths.is_remote(path):
+        return path
+    return os.fspath(epath.Path(path).copy(epath.Path(scratch) / "input.txt"))
 
 
 def train_sentencepiece(
@@ -31,9 +42,9 @@ def train_sentencepiece(
     """Trains on `input_file` (one caption per line); returns the path of the .model file.
 
     Args:
-      input_file: UTF-8 text file, one caption per line.
-      output_prefix: writes `{output_prefix}.model` and `{output_prefix}.vocab`;
-        missing parent directories are created.
+      input_file: UTF-8 text file, one caption per line (local or in a bucket).
+      output_prefix: writes `{output_prefix}.model` and `{output_prefix}.vocab`
+        (local or in a bucket); missing parent directories are created.
       vocab_size: exact number of pieces, special ids included.
       lowercase: case-fold during normalisation (NFKC + case folding), so the
         model itself lowercases every text it encodes.
@@ -43,13 +54,14 @@ def train_sentencepiece(
       max_sentences: train on a random sample of at most this many lines.
       verbose: print SentencePiece's training log to stderr.
     """
-    if not os.path.isfile(input_file):
+    if not epath.Path(input_file).is_file():
         raise FileNotFoundError(f"caption file not found: {input_file!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-    with open(os.devnull, "w") as devnull:
+    output = paths.resolve(output_prefix)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch, open(os.devnull, "w") as devnull:
         spm.SentencePieceTrainer.train(
-            input=input_file,
-            model_prefix=output_prefix,
+            input=_local_copy(input_file, scratch),
+            model_prefix=os.path.join(scratch, "spm"),
             vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=character_coverage,
@@ -62,6 +74,8 @@ def train_sentencepiece(
             eos_id=EOS_ID,
             logstream=None if verbose else devnull,
         )
+        for suffix in (".model", ".vocab"):
+            epath.Path(scratch, f"spm{suffix}").copy(f"{output}{suffix}", overwrite=True)
     return f"{output_prefix}.model"
 
 

@@ -1,0 +1,249 @@
+"""Multi-host training through `python -m clip_jax.main`: 2 processes x 4 CPU devices (gloo on loopback).
+
+Runs, shared by the tests (module fixtures):
+  two:      2 processes, 15 steps, uninterrupted.
+  killed:   2 processes, SIGKILL to both once checkpoint 10 exists, then 2 processes again to 15.
+  one:      1 process x 8 devices, 15 steps, uninterrupted.
+  elastic:  the killed run's step-10 checkpoint resumed by 1 process x 8 devices.
+Every run reads 2 data streams (config.data.num_streams=2), so every global
+batch is the same examples in the same order whatever the process count, and
+every run shards parameters and optimizer state over all 8 devices (mesh
+fsdp=8): with 2 processes, FSDP spans both hosts.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from test_train_loop import TEST_CONFIG, final_params, main_command
+
+from clip_jax.checkpointing import Checkpointer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 600
+STEPS = 15
+OVERRIDES = (
+    f"--config.total_steps={STEPS}", "--config.log_every_steps=1", "--config.data.num_streams=2", "--config.mesh.data=1", "--config.mesh.fsdp=8",
+    "--heartbeat_timeout_seconds=10",
+)
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "multihost_config.py"
+    path.write_text(TEST_CONFIG)
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(config_file, workdir, num_processes, *overrides, log_dir=None):
+    """num_processes processes of one run (4 devices each when > 1, else 8); stderr to log_dir/process_<i>.log."""
+    log_dir = log_dir or workdir + "_logs"
+    os.makedirs(log_dir, exist_ok=True)
+    port = free_port()
+    devices = 8 // num_processes
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    cluster = lambda i: (f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+                         f"--process_id={i}") if num_processes > 1 else ()
+    processes = []
+    for i in range(num_processes):
+        log = open(os.path.join(log_dir, f"process_{i}.log"), "w")
+        command = main_command(config_file, workdir, *OVERRIDES, *cluster(i), *overrides)
+        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO, env=env))
+    return processes, log_dir
+
+
+def wait(processes, log_dir):
+    """Exit codes of all processes and their logs; kills them all on a time-out (a hang fails the test)."""
+    deadline = time.time() + TIMEOUT_S
+    try:
+        codes = [p.wait(timeout=max(deadline - time.time(), 1)) for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+        pytest.fail(f"processes still running after {TIMEOUT_S} s: a hang")
+    logs = [open(os.path.join(log_dir, f"process_{i}.log")).read() for i in range(len(processes))]
+    return codes, logs
+
+
+def run(config_file, workdir, num_processes, *overrides):
+    codes, logs = wait(*start(config_file, workdir, num_processes, *overrides))
+    for code, log in zip(codes, logs):
+        assert code == 0, log[-3000:]
+    return logs
+
+
+def losses(workdir):
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def checkpoint_steps(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
+def wait_for_checkpoint(workdir, step, processes):
+    """Until checkpoint `step` is committed (Orbax renames its temporary directory last)."""
+    deadline = time.time() + TIMEOUT_S
+    while step not in checkpoint_steps(workdir) and time.time() < deadline:
+        assert all(p.poll() is None for p in processes), "a process ended before the checkpoint"
+        time.sleep(0.05)
+    assert step in checkpoint_steps(workdir)
+
+
+@pytest.fixture(scope="module")
+def two(config_file, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("two") / "run")
+    logs = run(config_file, workdir, 2)
+    return workdir, logs
+
+
+@pytest.fixture(scope="module")
+def killed(config_file, tmp_path_factory):
+    """(workdir resumed to the end, a copy of it as it was when killed)."""
+    workdir = str(tmp_path_factory.mktemp("killed") / "run")
+    processes, _ = start(config_file, workdir, 2)
+    wait_for_checkpoint(workdir, 10, processes)
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+    assert [p.wait() for p in processes] == [-signal.SIGKILL] * 2, "the run ended before it could be killed"
+    snapshot = workdir + "_at_kill"
+    shutil.copytree(workdir, snapshot)
+    assert 10 <= max(checkpoint_steps(snapshot)) < STEPS
+    run(config_file, workdir, 2)
+    return workdir, snapshot
+
+
+@pytest.fixture(scope="module")
+def one(config_file, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("one") / "run")
+    run(config_file, workdir, 1)
+    return workdir
+
+
+def test_two_processes_train_evaluate_and_checkpoint_with_fsdp_over_both(two):
+    workdir, logs = two
+    assert "process 0 of 2, 8 devices" in logs[0] and "process 1 of 2, 8 devices" in logs[1]
+    assert "'fsdp': 8" in logs[0]  # the mesh: every parameter split over both processes' devices
+    assert sorted(losses(workdir)) == list(range(1, STEPS + 1))  # metrics.jsonl is written once, by process 0
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert any("shapes_heldout/top1" in r for r in records)
+    assert "Total:" in logs[0]  # the parameter overview, from shapes
+    assert checkpoint_steps(workdir) == [5, 10, 15]
+    data_state = Checkpointer(workdir, keep=3).restore_data(STEPS)
+    assert sorted(data_state["streams"]) == ["0", "1"]  # both processes' input positions, in one item
+    assert [s["examples"] for s in data_state["streams"].values()] == [STEPS * 8] * 2  # 8 rows per stream a step
+
+
+def test_resume_after_sigkill_is_bit_identical(two, killed):
+    resumed, _ = final_params(killed[0])
+    expected, _ = final_params(two[0])
+    jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+
+
+# 1 process and 2 processes reduce over the devices in different orders (in-process against gloo
+# collectives), so losses agree to float32 rounding: measured 2e-7 relative; the test allows 2e-5
+# (test_train_step.METRIC_RTOL). A global batch holding other examples moves the loss by ~1e-2.
+LOSS_RTOL = 2e-5
+
+
+def adam_drift_bound(config_file, first_step, last_step):
+    """How far two runs' parameters can drift apart from step first_step to last_step on rounding alone.
+
+    Each AdamW step moves an entry by at most lr * adam_update_bound (plus weight decay, which
+    only scales an existing difference by 1 - lr * wd): see test_train_step.
+    """
+    import runpy
+
+    from test_train_step import adam_update_bound
+
+    from clip_jax import optim
+
+    config = runpy.run_path(config_file)["get_config"]()
+    config.total_steps = STEPS
+    schedule, opt = optim.learning_rate_schedule(config), config.optimizer
+    bound = 0.0
+    for step in range(first_step, last_step):
+        bound += 2 * float(schedule(step)) * adam_update_bound(opt.b1, opt.b2, step + 1)
+    return bound
+
+
+def assert_same_training(config_file, got_workdir, want_workdir, first_step=0):
+    got, want = losses(got_workdir), losses(want_workdir)
+    steps = [s for s in want if s > first_step]
+    np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=LOSS_RTOL)
+    bound = adam_drift_bound(config_file, first_step, STEPS)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=bound),
+                 final_params(got_workdir)[0], final_params(want_workdir)[0])
+
+
+def test_one_process_trains_like_two(config_file, two, one):
+    """The same global batches (2 data streams) on 1 x 8 and 2 x 4 devices, every step."""
+    assert_same_training(config_file, one, two[0])
+
+
+def test_elastic_resume_on_one_process(config_file, two, killed, tmp_path):
+    """The 2-process run's step-10 checkpoint, resumed by 1 process: no example repeated or skipped."""
+    workdir = str(tmp_path / "elastic")
+    shutil.copytree(killed[1], workdir)
+    for step in checkpoint_steps(workdir):  # resume from step 10 exactly
+        if step > 10:
+            shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+    run(config_file, workdir, 1)
+    assert "resumed from step 10" in open(workdir + "_logs/process_0.log").read()
+    assert_same_training(config_file, workdir, two[0], first_step=10)
+
+
+def test_sigterm_to_both_processes_saves_once_and_both_exit_0(config_file, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    processes, log_dir = start(
+        config_file, workdir, 2, "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"
+    )
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + TIMEOUT_S
+    while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+        assert all(p.poll() is None for p in processes), "a process ended early"
+        time.sleep(0.05)
+    for p in processes:
+        p.send_signal(signal.SIGTERM)
+    codes, logs = wait(processes, log_dir)
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    steps = checkpoint_steps(workdir)
+    assert len(steps) == 1 and 1 <= steps[0] < 100000
+    for log in logs:  # both stopped at the step JAX's preemption sync manager named
+        assert f"preemption notice: every process saves a checkpoint at step {steps[0]} and stops" in log
+
+
+def test_an_error_on_one_process_ends_every_process(config_file, tmp_path):
+    """Process 1's data stream has no valid example: it logs that error and exits; process 0 is ended too."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = ["filepath,caption"]
+    for i in range(8):  # stream 0 reads rows 0, 2, 4, 6 (files that exist), stream 1 the missing odd ones
+        if i % 2 == 0:
+            from PIL import Image
+
+            Image.new("RGB", (40, 40), (10 * i, 0, 0)).save(images / f"{i}.png")
+        rows.append(f"images/{i}.png,a red square number {i}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    workdir = str(tmp_path / "failing")
+    started = time.time()
+    codes, logs = wait(*start(config_file, workdir, 2, f"--config.data.train=csv:{tmp_path / 'data.csv'}"))
+    assert codes[0] != 0 and codes[1] == 1, (codes, logs[0][-2000:], logs[1][-2000:])
+    assert "process 1 of 2 failed" in logs[1] and "NoValidDataError" in logs[1]
+    assert "has no valid example" in logs[1]
+    assert time.time() - started < TIMEOUT_S
