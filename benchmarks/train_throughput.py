@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from clip_jax import sharding, train_step
+from clip_jax import flops, sharding, train_step
 from clip_jax.config import default_config
 from clip_jax.metric_logging import peak_flops_per_device
 from clip_jax.model_config import model_from_config
@@ -69,8 +69,8 @@ def benchmark(name: str, microbatches: int, args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    model_flops = train_step.model_flops_per_step(model, config, mesh, compiled.abstract_batch)
-    flops = model_flops / jax.device_count() if model_flops else None  # per device
+    model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch)
+    device_flops = model_flops / jax.device_count() if model_flops else None
     peak = peak_flops_per_device(jax.devices()[0])
     return {
         "model": name,
@@ -78,8 +78,8 @@ def benchmark(name: str, microbatches: int, args: argparse.Namespace) -> dict:
         "temp_mib": compiled.step.memory_analysis().temp_size_in_bytes / 2**20,
         "step_s": seconds,
         "samples_s": args.batch_size / seconds,
-        "tflops_dev": flops / seconds / 1e12 if flops else float("nan"),
-        "mfu": flops / seconds / peak if flops and peak else float("nan"),
+        "tflops_dev": device_flops / seconds / 1e12 if device_flops else float("nan"),
+        "mfu": device_flops / seconds / peak if device_flops and peak else float("nan"),
         "compile_s": compile_seconds,
     }
 

@@ -73,6 +73,8 @@ def default_config() -> ml_collections.ConfigDict:
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
+    # Not type-safe: `train` takes a source string or, in a config file, a mixture
+    # [(source, weight), ...] (data.Pipeline); the other fields are checked by validate().
     c.data = ml_collections.ConfigDict(
         dict(
             train="shapes",
@@ -88,7 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
             # same for every process count dividing num_streams, so a run resumes on another number
             # of processes. 0: one stream per process of the run that started it.
             num_streams=0,
-        )
+        ),
+        type_safe=False,
     )
 
     c.init_from = ""  # converted weights (clip_jax.import_weights) or another run's workdir

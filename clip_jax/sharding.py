@@ -3,8 +3,10 @@
 The batch is split over ('data', 'fsdp'). Parameters carry logical axis names
 (set in the models); LOGICAL_RULES maps them to mesh axes: 'embed' over
 'fsdp' gives FSDP / ZeRO-3 (parameters and optimizer state sharded, gathered
-per use by XLA), 'mlp' / 'heads' / 'vocab' over 'tensor' give tensor
-parallelism. A dimension that a mesh axis does not divide stays replicated.
+per use by XLA). 'mlp' / 'heads' / 'vocab' are placed over 'tensor', but no
+activation is constrained to match and no test runs with tensor > 1: tensor
+parallelism is not yet supported (planned). A dimension that a mesh axis does
+not divide stays replicated.
 """
 from __future__ import annotations
 

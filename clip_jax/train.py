@@ -20,7 +20,7 @@ from flax import traverse_util
 import numpy as np
 from clu import parameter_overview, periodic_actions
 
-from clip_jax import checkpointing, data, metric_logging, multihost, paths, sharding, train_step, weights
+from clip_jax import checkpointing, data, flops, metric_logging, multihost, paths, sharding, train_state, train_step, weights
 from clip_jax.config import ConfigError, validate
 from clip_jax.convert import stack_layers, unstack_layers
 from clip_jax.evaluation.in_loop import EvalTask, make_encoders, run_evals
@@ -82,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         state = compiled.init(rng)
         if config.init_from:
-            state = _load_init_weights(config.init_from, state, train_step.state_shardings(compiled.abstract_state))
+            state = _load_init_weights(config.init_from, state, train_state.state_shardings(compiled.abstract_state))
     batch_sharding = sharding.batch_sharding(mesh)
     batches = data.DevicePrefetcher(pipeline.iterator(data_state), batch_sharding)
 
@@ -90,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:  # from shapes: parameters sharded over hosts are not all addressable here
         parameter_overview.log_parameter_overview(compiled.abstract_state["params"], include_stats=False)
     peak = metric_logging.peak_flops_per_device(jax.devices()[0])
-    model_flops = train_step.model_flops_per_step(model, config, mesh, compiled.abstract_batch) if peak else None
+    model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch) if peak else None
     eval_tasks = [EvalTask(name, spec) for name, spec in config.evals.items()]
     encoders = make_encoders(model, batch_sharding)
 

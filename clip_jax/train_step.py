@@ -27,9 +27,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import config as config_lib
 from clip_jax import losses, optim
-from clip_jax.sharding import BATCH_AXES, batch_sharding, logical_shardings, replicated
+from clip_jax.sharding import BATCH_AXES, batch_sharding, replicated
+from clip_jax.train_state import State, compile_init, parameter_shardings, state_shardings
 
-State = dict[str, Any]
 Batch = dict[str, jax.Array]
 
 
@@ -200,51 +200,6 @@ def make_train_step(
     return train_step
 
 
-def init_state_fn(
-    model: nn.Module, optimizer: optax.GradientTransformation, image_size: int, context_length: int,
-    param_shardings: Any, mesh: Mesh,
-) -> Callable[[jax.Array], State]:
-    """rng -> fresh train state; parameters and their optimizer moments laid out by `param_shardings`."""
-
-    def init(rng: jax.Array) -> State:
-        variables = model.init(
-            rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), jnp.zeros((1, context_length), jnp.int32)
-        )
-        params = jax.lax.with_sharding_constraint(nn.meta.unbox(variables["params"]), param_shardings)
-        opt_state = optimizer.init(params)
-        opt_shardings = optax.tree_map_params(
-            optimizer, lambda _, sharding: sharding, opt_state, param_shardings,
-            transform_non_params=lambda _: replicated(mesh),
-        )
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "batch_stats": variables.get("batch_stats", {}),
-            "opt_state": jax.lax.with_sharding_constraint(opt_state, opt_shardings),
-        }
-
-    return init
-
-
-def compile_init(
-    model: nn.Module, optimizer: optax.GradientTransformation, image_size: int, context_length: int,
-    param_shardings: Any, mesh: Mesh, rng: jax.Array,
-) -> tuple[Callable[[jax.Array], State], State]:
-    """(compiled init, abstract state): the state's shapes and shardings without allocating it."""
-    init = init_state_fn(model, optimizer, image_size, context_length, param_shardings, mesh)
-    compiled = jax.jit(init).lower(rng).compile()
-    abstract = jax.tree.map(
-        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        jax.eval_shape(init, rng),
-        compiled.output_shardings,
-    )
-    return compiled, abstract
-
-
-def state_shardings(abstract_state: State) -> Any:
-    return jax.tree.map(lambda x: x.sharding, abstract_state)
-
-
 def jit_train_step(
     step_fn: Callable, state_shardings: Any, mesh: Mesh
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
@@ -267,48 +222,14 @@ class CompiledTraining(NamedTuple):
     abstract_batch: Batch  # ShapeDtypeStructs with shardings of a global batch
 
 
-def _param_shardings(model: nn.Module, context_length: int, mesh: Mesh) -> Any:
-    """Each parameter's NamedSharding from its logical axes and the rule table (nothing allocated)."""
-    size = model.visual.image_size
-    dummy = (jnp.zeros((1, size, size, 3)), jnp.zeros((1, context_length), jnp.int32))
-    return logical_shardings(jax.eval_shape(model.init, jax.random.key(0), *dummy)["params"], mesh)
-
-
-def _unrolled(tower: nn.Module) -> nn.Module:
-    """The tower without scan or remat (ResNet towers have neither)."""
-    fields = {name: value for name, value in (("scan_layers", False), ("remat_policy", "none")) if hasattr(tower, name)}
-    return tower.clone(**fields)
-
-
-def model_flops_per_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, batch: Batch) -> float | None:
-    """Model FLOPs of one train step of the global batch, from XLA's cost analysis.
-
-    Counted on the plain program (layers unrolled, no remat, no micro-batches):
-    XLA counts a loop body once, and model FLOPs by definition leave out
-    recomputation. Only traced and lowered, never compiled.
-    """
-    plain = model.clone(visual=_unrolled(model.visual), text=_unrolled(model.text))
-    plain_config = ml_collections.ConfigDict(config.to_dict())
-    plain_config.num_microbatches = 1
-    optimizer = optim.make_optimizer(plain_config)
-    image_size, context_length = model.visual.image_size, config.data.context_length
-    param_shardings = _param_shardings(plain, context_length, mesh)
-    init = init_state_fn(plain, optimizer, image_size, context_length, param_shardings, mesh)
-    state = jax.eval_shape(init, jax.random.key(0))
-    step = make_train_step(plain, plain_config, mesh, optimizer, optim.learning_rate_schedule(plain_config))
-    analysis = jax.jit(step).lower(state, batch).cost_analysis()
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
-
-
 def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array) -> CompiledTraining:
     """Lays out the state over `mesh` and compiles init and the train step for config.batch_size."""
     config_lib.validate_batch_layout(config, mesh.shape["data"] * mesh.shape["fsdp"])
     check_model_fits_loss(model, config)
     optimizer = optim.make_optimizer(config)
     image_size, context_length = model.visual.image_size, config.data.context_length
-    param_shardings = _param_shardings(model, context_length, mesh)
-    init, abstract_state = compile_init(model, optimizer, image_size, context_length, param_shardings, mesh, rng)
+    shardings = parameter_shardings(model, context_length, mesh)
+    init, abstract_state = compile_init(model, optimizer, image_size, context_length, shardings, mesh, rng)
     step_fn = jit_train_step(
         make_train_step(model, config, mesh, optimizer, optim.learning_rate_schedule(config)),
         state_shardings(abstract_state),

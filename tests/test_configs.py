@@ -65,3 +65,15 @@ def test_validation_checks_evals():
     config.evals = {"probe": {"type": "linear_probe", "data": "tfds:cifar10:test", "every_steps": 10}}
     with pytest.raises(ValueError, match="config.evals.probe.train_data"):
         validate(config)
+
+
+def test_a_weighted_mixture_can_be_written_in_a_config_file():
+    from clip_jax import data
+
+    config = default_config()
+    config.data.train = [("shapes", 1.0), ("shapes:val", 3.0)]
+    validate(config)
+    pipeline = data.Pipeline(
+        config.data.train, training=True, batch_size=4, image_size=32, process_index=0, process_count=1
+    )
+    assert [round(w, 2) for w in pipeline.weights] == [0.25, 0.75]

@@ -9,7 +9,7 @@ import pytest
 
 import clip_jax
 from clip_jax import config as config_lib
-from clip_jax import optim, sharding, train_step
+from clip_jax import flops, optim, sharding, train_state, train_step
 
 BATCH = 16
 
@@ -50,7 +50,7 @@ def run_steps(config, mesh_sizes, devices, num_steps=2):
         state, m = compiled.step(state, batch)
         states.append(jax.device_get(state))
         metrics.append(jax.device_get(m))
-    return states, metrics, train_step.state_shardings(compiled.abstract_state)
+    return states, metrics, train_state.state_shardings(compiled.abstract_state)
 
 
 # Rounding. The runs compared below compute the same sums in different orders
@@ -196,7 +196,7 @@ def test_weight_decay_mask_follows_openai():
 def test_model_flops_ignore_scan_remat_and_accumulation():
     """MFU's numerator: the plain step's FLOPs, whatever the loop structure (XLA counts a loop body once)."""
 
-    def flops(batch_size, **changes):
+    def step_flops(batch_size, **changes):
         config = small_config(batch_size=batch_size, **changes)
         model = clip_jax.create_model(
             config.model, scan_layers=config.scan_layers, remat_policy=config.remat_policy
@@ -206,8 +206,8 @@ def test_model_flops_ignore_scan_remat_and_accumulation():
             "images": jax.ShapeDtypeStruct((batch_size, 32, 32, 3), jnp.float32, sharding=sharding.batch_sharding(mesh)),
             "tokens": jax.ShapeDtypeStruct((batch_size, 77), jnp.int32, sharding=sharding.batch_sharding(mesh)),
         }
-        return train_step.model_flops_per_step(model, config, mesh, batch)
+        return flops.model_flops_per_step(model, config, mesh, batch)
 
-    plain = flops(16)
-    assert flops(16, scan_layers=True, remat_policy="full", num_microbatches=2) == plain
-    assert flops(32) == pytest.approx(2 * plain, rel=0.02)
+    plain = step_flops(16)
+    assert step_flops(16, scan_layers=True, remat_policy="full", num_microbatches=2) == plain
+    assert step_flops(32) == pytest.approx(2 * plain, rel=0.02)
