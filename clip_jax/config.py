@@ -7,6 +7,7 @@ field can be overridden on the command line (`--config.batch_size=64`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import ml_collections
@@ -14,6 +15,7 @@ from ml_collections import config_dict
 
 from clip_jax.evaluation import EVAL_TYPES
 from clip_jax.models import CLIP, list_models
+from clip_jax.models.registry import MODEL_SPECS
 from clip_jax.models.layers import REMAT_POLICIES
 
 LOSSES = ("clip", "siglip", "clip_lite")
@@ -72,6 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # FLIP (Li et al. 2023): in training a ViT image tower keeps a random (1 - mask_ratio) of its patch
+    # tokens per example (a function of seed and step); 0: off. The last unmasked_steps steps train
+    # on whole images (FLIP's unmasked tuning). Evaluation always sees whole images.
+    c.flip = ml_collections.ConfigDict(dict(mask_ratio=0.0, unmasked_steps=0))
 
     # Not type-safe: `train` takes a source string or, in a config file, a mixture
     # [(source, weight), ...] (data.Pipeline); the other fields are checked by validate().
@@ -95,6 +101,11 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
     c.init_from = ""  # converted weights (clip_jax.import_weights) or another run's workdir
+    # LiT (Zhai et al. 2022): a locked tower gets no gradient, no optimizer state and no update, and
+    # a locked ResNet image tower keeps its BatchNorm statistics (it runs in inference mode).
+    # init_image_from loads only the image tower ('visual') from converted weights or a run's workdir,
+    # after init_from: LiT's "Lu" (text tower from scratch); init_from alone with lock_image is "LU".
+    c.lit = ml_collections.ConfigDict(dict(lock_image=False, lock_text=False, init_image_from=""))
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.log_every_steps = 50
@@ -110,6 +121,29 @@ class ConfigError(ValueError):
 def _check(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config.{field}: {message}")
+
+
+def locked_towers(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The top-level parameter subtrees that config.lit locks: 'visual' and/or 'text'."""
+    return tuple(name for name, lock in (("visual", config.lit.lock_image), ("text", config.lit.lock_text)) if lock)
+
+
+def _validate_lit(config: ml_collections.ConfigDict) -> None:
+    """A locked tower starts from weights; at least one tower trains."""
+    lit = config.lit
+    _check(
+        not (lit.lock_image and lit.lock_text), "lit.lock_text", "both towers locked: only the logit scale would train"
+    )
+    _check(
+        not lit.lock_image or bool(config.init_from or lit.init_image_from),
+        "lit.lock_image",
+        "locks a randomly initialised image tower; set config.lit.init_image_from (or config.init_from)",
+    )
+    _check(
+        not lit.lock_text or bool(config.init_from),
+        "lit.lock_text",
+        "locks a randomly initialised text tower; set config.init_from",
+    )
 
 
 def initial_logit_scale(config: ml_collections.ConfigDict) -> float:
@@ -140,6 +174,25 @@ def _validate_logit_init(config: ml_collections.ConfigDict) -> None:
         "init_logit_bias",
         f"the {config.loss} loss has no logit bias; leave it None (only siglip uses one)",
     )
+
+
+def _validate_flip(config: ml_collections.ConfigDict) -> None:
+    """flip.mask_ratio in [0, 1), keeping a patch, for ViT towers only; flip.unmasked_steps in [0, total_steps]."""
+    ratio = config.flip.mask_ratio
+    _check(0 <= ratio < 1, "flip.mask_ratio", f"must be in [0, 1), got {ratio}")
+    _check(
+        0 <= config.flip.unmasked_steps <= config.total_steps, "flip.unmasked_steps", "must be in [0, total_steps]"
+    )
+    if ratio == 0:
+        return
+    vision = {**dataclasses.asdict(MODEL_SPECS[config.model].vision), **(config.model_overrides.get("vision") or {})}
+    _check(
+        vision["patch_size"] is not None,
+        "flip.mask_ratio",
+        f"masks ViT patch tokens, but {config.model} has a ResNet image tower; set it to 0",
+    )
+    patches = (vision["image_size"] // vision["patch_size"]) ** 2
+    _check(round((1 - ratio) * patches) >= 1, "flip.mask_ratio", f"{ratio} keeps none of the {patches} patches")
 
 
 def validate_batch_layout(config: ml_collections.ConfigDict, batch_shards: int) -> None:
@@ -178,6 +231,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"{config.num_microbatches} does not divide batch_size {config.batch_size}",
     )
     _check(config.total_steps > 0, "total_steps", "must be positive")
+    _validate_flip(config)
     opt = config.optimizer
     _check(opt.learning_rate > 0, "optimizer.learning_rate", "must be positive")
     _check(0 <= opt.warmup_steps <= config.total_steps, "optimizer.warmup_steps", "must be in [0, total_steps]")
@@ -192,6 +246,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     _check(config.data.context_length > 0, "data.context_length", "must be positive")
     _check(config.data.num_streams >= 0, "data.num_streams", "must be >= 0 (0: one per process)")
+    _validate_lit(config)
     _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
     _check(config.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
     _check(config.log_every_steps > 0, "log_every_steps", "must be positive")

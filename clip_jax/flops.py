@@ -17,12 +17,15 @@ def _unrolled(tower: nn.Module) -> nn.Module:
     return tower.clone(**fields)
 
 
-def model_flops_per_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, batch: Batch) -> float | None:
+def model_flops_per_step(
+    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, batch: Batch, mask_ratio: float = 0.0
+) -> float | None:
     """Model FLOPs of one train step of the global batch, from XLA's cost analysis.
 
     Counted on the plain program (layers unrolled, no remat, no micro-batches):
     XLA counts a loop body once, and model FLOPs by definition leave out
-    recomputation. Only traced and lowered, never compiled.
+    recomputation. With FLIP's `mask_ratio` the image tower runs on the kept
+    tokens only. Only traced and lowered, never compiled.
     """
     plain = model.clone(visual=_unrolled(model.visual), text=_unrolled(model.text))
     plain_config = ml_collections.ConfigDict(config.to_dict())
@@ -32,7 +35,7 @@ def model_flops_per_step(model: nn.Module, config: ml_collections.ConfigDict, me
     shardings = parameter_shardings(plain, context_length, mesh)
     init = init_state_fn(plain, optimizer, image_size, context_length, shardings, mesh)
     state = jax.eval_shape(init, jax.random.key(0))
-    step = make_train_step(plain, plain_config, mesh, optimizer, optim.learning_rate_schedule(plain_config))
+    step = make_train_step(plain, plain_config, mesh, optimizer, optim.learning_rate_schedule(plain_config), mask_ratio)
     analysis = jax.jit(step).lower(state, batch).cost_analysis()
     flops = (analysis or {}).get("flops")
     return float(flops) if flops and flops > 0 else None

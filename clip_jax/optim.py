@@ -1,11 +1,13 @@
 """The optimizer: optax AdamW with linear warmup + cosine decay and OpenAI's decay mask."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection, Mapping
 
 import jax
 import ml_collections
 import optax
+
+from clip_jax.config import locked_towers
 
 # Only matrices and convolution kernels are decayed: never gains, biases,
 # embeddings (token, positional, class) or the logit scale and bias.
@@ -29,7 +31,36 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
+def tower_labels(params: Any, locked: Collection[str]) -> Any:
+    """'locked' for every leaf under a locked top-level subtree ('visual', 'text'), else 'trained'.
+
+    optax.tree_map_params inits the optimizer on a placeholder that is no mapping: one 'trained' leaf.
+    """
+    if not isinstance(params, Mapping):
+        return "trained"
+
+    def label(name: str, tree: Any) -> Any:
+        tag = "locked" if name in locked else "trained"
+        return jax.tree.map(lambda _: tag, tree)
+
+    return {name: label(name, tree) for name, tree in params.items()}
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping (when grad_clip_norm > 0), then AdamW, for every tower config.lit leaves unlocked.
+
+    Locked towers get a zero update and no optimizer state: their leaves are
+    `optax.MaskedNode`s in the AdamW moments.
+    """
+    locked = locked_towers(config)
+    if not locked:
+        return _clipped_adamw(config)
+    return optax.multi_transform(
+        {"trained": _clipped_adamw(config), "locked": optax.set_to_zero()}, lambda params: tower_labels(params, locked)
+    )
+
+
+def _clipped_adamw(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Global-norm clipping (when grad_clip_norm > 0), then AdamW."""
     opt = config.optimizer
     adamw = optax.adamw(

@@ -20,7 +20,7 @@ from flax import traverse_util
 import numpy as np
 from clu import parameter_overview, periodic_actions
 
-from clip_jax import checkpointing, data, flops, metric_logging, multihost, paths, sharding, train_state, train_step, weights
+from clip_jax import checkpointing, data, flip, flops, metric_logging, multihost, paths, sharding, train_state, train_step, weights
 from clip_jax.config import ConfigError, validate
 from clip_jax.convert import stack_layers, unstack_layers
 from clip_jax.evaluation.in_loop import EvalTask, make_encoders, run_evals
@@ -29,32 +29,46 @@ from clip_jax.model_config import model_from_config
 log = logging.getLogger("clip_jax.train")
 
 
-def _load_init_weights(path: str, state: dict[str, Any], shardings: dict[str, Any]) -> dict[str, Any]:
+def _only(collections: dict[str, Any], tower: str | None) -> dict[str, Any]:
+    """{'params': ..., 'batch_stats': ...} cut down to `tower`'s subtree in each (all of it when tower is None)."""
+    if tower is None:
+        return collections
+    return {k: {tower: tree[tower]} if tower in tree else {} for k, tree in collections.items()}
+
+
+def _load_init_weights(
+    path: str, state: dict[str, Any], shardings: dict[str, Any], tower: str | None = None, field: str = "init_from"
+) -> dict[str, Any]:
     """Replaces params (and batch_stats) with converted weights or another run's newest checkpoint.
 
+    With `tower` ('visual' or 'text') only that subtree is replaced and the rest keeps its values.
     Layer stacks are converted between the scanned and the plain layout as the model needs;
     a logit scale or bias the weights lack (CLIP weights for a SigLIP run) keeps its initial value.
+    `field` names the config field in errors and logs.
     """
     run_checkpoints = paths.resolve(path) / "checkpoints"
     variables, _ = weights.load_variables(run_checkpoints if run_checkpoints.is_dir() else path)
-    params = variables.get("params", {})
-    missing = [k for k in train_step.scalar_params(state["params"]) if k not in params]
+    current = _only({k: state[k] for k in ("params", "batch_stats")}, tower)
+    variables = _only({k: variables.get(k, {}) for k in ("params", "batch_stats")}, tower)
+    params = variables["params"]
+    missing = [k for k in train_step.scalar_params(current["params"]) if k not in params]
     if missing:  # e.g. CLIP weights for a SigLIP run: the loss's own scalars keep their initial values
         variables = {**variables, "params": {**params, **jax.device_get({k: state["params"][k] for k in missing})}}
-        log.info("init_from: %s has no %s; starting them from the config's init", path, missing)
-    expected = jax.tree.map(lambda x: x.shape, {k: state[k] for k in ("params", "batch_stats")})
+        log.info("%s: %s has no %s; starting them from the config's init", field, path, missing)
+    expected = jax.tree.map(lambda x: x.shape, current)
     for layout in (lambda v: v, stack_layers, unstack_layers):
-        candidate = {k: layout(variables.get(k, {})) for k in ("params", "batch_stats")}
+        candidate = {k: layout(v) for k, v in variables.items()}
         if jax.tree.map(lambda x: x.shape, candidate) == expected:
             break
     else:
         want = traverse_util.flatten_dict(expected, sep="/")
         found = traverse_util.flatten_dict(jax.tree.map(lambda x: x.shape, variables), sep="/")
         differ = sorted(k for k in want.keys() | found.keys() if want.get(k) != found.get(k))
-        raise ValueError(f"config.init_from: the parameters in {path} do not fit the model; they differ at {differ[:6]}")
+        raise ValueError(f"config.{field}: the parameters in {path} do not fit the model; they differ at {differ[:6]}")
     for collection, values in candidate.items():
-        state[collection] = jax.device_put(jax.tree.map(lambda x: np.asarray(x, np.float32), values), shardings[collection])
-    log.info("initialised parameters from %s", path)
+        values = {**state[collection], **jax.tree.map(lambda x: np.asarray(x, np.float32), values)}
+        state[collection] = jax.device_put(values, shardings[collection])
+    log.info("%s: initialised %s from %s", field, "parameters" if tower is None else f"the {tower} tower", path)
     return state
 
 
@@ -74,15 +88,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data_state = checkpointer.restore_data(latest) if latest is not None else None
     pipeline = open_training_data(config, image_size, data_state)  # before compiling: a missing source fails fast
     rng = jax.random.key(config.seed)
-    compiled = train_step.compile_training(model, config, mesh, rng)
+    mask_ratio = flip.mask_ratio_at(config, latest or 0)  # FLIP: the ratio of the first step this run takes
+    compiled = train_step.compile_training(model, config, mesh, rng, mask_ratio)
+    step_fn = compiled.step
     metadata = {"model": config.model, "overrides": overrides, "seed": config.seed}
     if latest is not None:
         state = checkpointer.restore(latest, compiled.abstract_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
     else:
         state = compiled.init(rng)
+        shardings = train_state.state_shardings(compiled.abstract_state)
         if config.init_from:
-            state = _load_init_weights(config.init_from, state, train_state.state_shardings(compiled.abstract_state))
+            state = _load_init_weights(config.init_from, state, shardings)
+        if config.lit.init_image_from:
+            state = _load_init_weights(config.lit.init_image_from, state, shardings, "visual", "lit.init_image_from")
     batch_sharding = sharding.batch_sharding(mesh)
     batches = data.DevicePrefetcher(pipeline.iterator(data_state), batch_sharding)
 
@@ -90,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:  # from shapes: parameters sharded over hosts are not all addressable here
         parameter_overview.log_parameter_overview(compiled.abstract_state["params"], include_stats=False)
     peak = metric_logging.peak_flops_per_device(jax.devices()[0])
-    model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch) if peak else None
+    model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch, mask_ratio) if peak else None
     eval_tasks = [EvalTask(name, spec) for name, spec in config.evals.items()]
     encoders = make_encoders(model, batch_sharding)
 
@@ -103,8 +122,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log.info("training %s from step %d to %d on %s", config.model, step, config.total_steps, mesh)
     try:
         while step < config.total_steps:
+            if flip.mask_ratio_at(config, step) != mask_ratio:  # FLIP's unmasked tuning: a compiled step of its own
+                mask_ratio, abstract_batch = flip.mask_ratio_at(config, step), compiled.abstract_batch
+                log.info("FLIP: unmasked tuning from step %d to %d", step, config.total_steps)
+                step_fn = train_step.compile_step(model, config, mesh, compiled.abstract_state, abstract_batch, mask_ratio)
+                if peak:
+                    model_flops = flops.model_flops_per_step(model, config, mesh, abstract_batch, mask_ratio)
+                window_start, window_steps = time.perf_counter(), 0
             batch = next(batches)
-            state, metrics = compiled.step(state, {"images": batch["images"], "tokens": batch["tokens"]})
+            state, metrics = step_fn(state, {"images": batch["images"], "tokens": batch["tokens"]})
             step += 1
             window_steps += 1
             progress(step)
@@ -112,6 +138,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 seconds = (time.perf_counter() - window_start) / window_steps
                 scalars.update(step_time=seconds, samples_per_second=config.batch_size / seconds)
+                if config.flip.mask_ratio:
+                    scalars["flip/mask_ratio"] = mask_ratio
                 if model_flops:
                     scalars["mfu"] = model_flops / seconds / (peak * jax.device_count())
                 skipped = multihost.sum_over_processes(batches.error_counts())

@@ -26,6 +26,11 @@ def parameter_shardings(model: nn.Module, context_length: int, mesh: Mesh) -> An
     return logical_shardings(jax.eval_shape(model.init, jax.random.key(0), *dummy)["params"], mesh)
 
 
+def _is_masked(x: Any) -> bool:
+    """An optimizer-state leaf that optax.masked / multi_transform left out (a locked tower's moment)."""
+    return isinstance(x, optax.MaskedNode)
+
+
 def init_state_fn(
     model: nn.Module, optimizer: optax.GradientTransformation, image_size: int, context_length: int,
     param_shardings: Any, mesh: Mesh,
@@ -38,9 +43,9 @@ def init_state_fn(
         )
         params = jax.lax.with_sharding_constraint(nn.meta.unbox(variables["params"]), param_shardings)
         opt_state = optimizer.init(params)
-        opt_shardings = optax.tree_map_params(
-            optimizer, lambda _, sharding: sharding, opt_state, param_shardings,
-            transform_non_params=lambda _: replicated(mesh),
+        opt_shardings = optax.tree_map_params(  # a locked tower's moments are MaskedNodes (none)
+            optimizer, lambda moment, sharding: moment if _is_masked(moment) else sharding, opt_state, param_shardings,
+            transform_non_params=lambda _: replicated(mesh), is_leaf=_is_masked,
         )
         return {
             "step": jnp.zeros((), jnp.int32),

@@ -16,7 +16,7 @@ gradient is the full batch's while activations are held for one micro-batch.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Collection, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,11 +26,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import config as config_lib
-from clip_jax import losses, optim
+from clip_jax import flip, losses, optim
 from clip_jax.sharding import BATCH_AXES, batch_sharding, replicated
 from clip_jax.train_state import State, compile_init, parameter_shardings, state_shardings
 
 Batch = dict[str, jax.Array]
+TOWER_OUTPUTS = (("image_embeds", "visual"), ("text_embeds", "text"))  # the model's outputs and their towers
 
 
 def loss_function(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
@@ -93,18 +94,31 @@ def scalar_params(params: Any) -> dict[str, jax.Array]:
     return {k: params[k] for k in ("logit_scale", "logit_bias") if k in params}
 
 
-def make_embed_fn(model: nn.Module) -> Callable[..., tuple[tuple[jax.Array, jax.Array], Any]]:
-    """(params, batch_stats, images, tokens) -> ((image_embeds, text_embeds) L2-normalized, new batch_stats)."""
+def make_embed_fn(
+    model: nn.Module, locked: Collection[str] = ()
+) -> Callable[..., tuple[tuple[jax.Array, jax.Array], Any]]:
+    """(params, batch_stats, images, tokens, keep_patches=None) -> ((image_embeds, text_embeds), new batch_stats).
 
-    def embed(params, batch_stats, images, tokens):
-        if batch_stats:
+    Embeddings are L2-normalized; keep_patches [B, K]: FLIP's kept patch tokens (None: whole images).
+
+    The embeddings of a `locked` tower ('visual', 'text') are constants to autodiff, so no backward
+    pass runs through it; a locked image tower runs in inference mode (BatchNorm statistics unchanged).
+    """
+
+    def embed(params, batch_stats, images, tokens, keep_patches=None):
+        if batch_stats and "visual" in locked:
+            variables = {"params": params, "batch_stats": batch_stats}
+            out = model.apply(variables, images, tokens, keep_patches=keep_patches)
+        elif batch_stats:
             out, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats}, images, tokens, train=True, mutable=["batch_stats"]
+                {"params": params, "batch_stats": batch_stats}, images, tokens, train=True, mutable=["batch_stats"],
+                keep_patches=keep_patches,
             )
             batch_stats = updates["batch_stats"]
         else:
-            out = model.apply({"params": params}, images, tokens)
-        return (out["image_embeds"], out["text_embeds"]), batch_stats
+            out = model.apply({"params": params}, images, tokens, keep_patches=keep_patches)
+        x, y = (jax.lax.stop_gradient(out[k]) if tower in locked else out[k] for k, tower in TOWER_OUTPUTS)
+        return (x, y), batch_stats
 
     return embed
 
@@ -126,18 +140,26 @@ def _from_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
 
 
 def loss_and_grads(
-    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, state: State, batch: Batch
+    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, state: State, batch: Batch, mask_ratio: float = 0.0
 ) -> tuple[jax.Array, dict, Any, Any]:
-    """(loss, metrics, grads, new batch_stats) of the global batch, accumulated over micro-batches."""
-    embed = make_embed_fn(model)
+    """(loss, metrics, grads, new batch_stats) of the global batch, accumulated over micro-batches.
+
+    With mask_ratio > 0 the image tower sees FLIP's random patch subsets of this step (`clip_jax.flip`),
+    drawn for the whole batch, so micro-batches keep the tokens the full batch would.
+    """
+    embed = make_embed_fn(model, config_lib.locked_towers(config))
     global_loss = global_loss_fn(config, mesh)
     params, batch_stats = state["params"], state["batch_stats"]
     num = config.num_microbatches
+    keep = None
+    if mask_ratio:
+        keep = flip.kept_patches(model, config.seed, state["step"], config.batch_size, mask_ratio)
+        keep = jax.lax.with_sharding_constraint(keep, batch_sharding(mesh))  # [B, K]
 
     if num == 1:
 
         def total_loss(params):
-            (x, y), new_stats = embed(params, batch_stats, batch["images"], batch["tokens"])
+            (x, y), new_stats = embed(params, batch_stats, batch["images"], batch["tokens"], keep)
             loss, metrics = global_loss(x, y, scalar_params(params))
             return loss, (metrics, new_stats)
 
@@ -146,25 +168,28 @@ def loss_and_grads(
 
     images = _to_microbatches(batch["images"], num, mesh)
     tokens = _to_microbatches(batch["tokens"], num, mesh)
+    keeps = None if keep is None else _to_microbatches(keep, num, mesh)
 
     def embed_microbatch(stats, inputs):
         embeddings, stats = embed(params, stats, *inputs)
         return stats, embeddings
 
-    new_stats, (xs, ys) = jax.lax.scan(embed_microbatch, batch_stats, (images, tokens))
+    new_stats, (xs, ys) = jax.lax.scan(embed_microbatch, batch_stats, (images, tokens, keeps))
     x, y = _from_microbatches(xs, mesh), _from_microbatches(ys, mesh)
     (loss, metrics), (dx, dy, dscalars) = jax.value_and_grad(global_loss, argnums=(0, 1, 2), has_aux=True)(
         x, y, scalar_params(params)
     )
 
     def backprop_microbatch(grads, inputs):
-        mb_images, mb_tokens, mb_dx, mb_dy = inputs
-        _, vjp = jax.vjp(lambda p: embed(p, batch_stats, mb_images, mb_tokens)[0], params)
+        mb_images, mb_tokens, mb_keep, mb_dx, mb_dy = inputs
+        _, vjp = jax.vjp(lambda p: embed(p, batch_stats, mb_images, mb_tokens, mb_keep)[0], params)
         return jax.tree.map(jnp.add, grads, vjp((mb_dx, mb_dy))[0]), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     grads, _ = jax.lax.scan(
-        backprop_microbatch, zeros, (images, tokens, _to_microbatches(dx, num, mesh), _to_microbatches(dy, num, mesh))
+        backprop_microbatch,
+        zeros,
+        (images, tokens, keeps, _to_microbatches(dx, num, mesh), _to_microbatches(dy, num, mesh)),
     )
     grads = {**grads, **{k: grads[k] + g for k, g in dscalars.items()}}
     return loss, metrics, grads, new_stats
@@ -176,14 +201,20 @@ def make_train_step(
     mesh: Mesh,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
+    mask_ratio: float = 0.0,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
-    """The (unjitted) train step: state, batch -> new state, replicated scalar metrics."""
+    """The (unjitted) train step: state, batch -> new state, replicated scalar metrics.
+
+    mask_ratio: FLIP's patch masking of the image tower (static: one compiled step per ratio).
+    """
     max_log_scale = math.log(config.max_logit_scale)
+    locked = config_lib.locked_towers(config)
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-        loss, metrics, grads, batch_stats = loss_and_grads(model, config, mesh, state, batch)
+        loss, metrics, grads, batch_stats = loss_and_grads(model, config, mesh, state, batch, mask_ratio)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        params = {**params, **{tower: state["params"][tower] for tower in locked}}  # bit for bit, -0.0 too
         params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], max_log_scale)}
         metrics = {
             **metrics,
@@ -222,23 +253,44 @@ class CompiledTraining(NamedTuple):
     abstract_batch: Batch  # ShapeDtypeStructs with shardings of a global batch
 
 
-def compile_training(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array) -> CompiledTraining:
-    """Lays out the state over `mesh` and compiles init and the train step for config.batch_size."""
+def compile_step(
+    model: nn.Module,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    abstract_state: State,
+    abstract_batch: Batch,
+    mask_ratio: float = 0.0,
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+    """The compiled train step for `abstract_state` / `abstract_batch` with FLIP's `mask_ratio` (0: whole images)."""
+    step_fn = jit_train_step(
+        make_train_step(
+            model, config, mesh, optim.make_optimizer(config), optim.learning_rate_schedule(config), mask_ratio
+        ),
+        state_shardings(abstract_state),
+        mesh,
+    )
+    return step_fn.lower(abstract_state, abstract_batch).compile()
+
+
+def compile_training(
+    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array, mask_ratio: float | None = None
+) -> CompiledTraining:
+    """Lays out the state over `mesh` and compiles init and the train step for config.batch_size.
+
+    The step masks with `mask_ratio`; None: config.flip.mask_ratio. A run that
+    changes ratio (FLIP's unmasked tuning) compiles its next step with `compile_step`.
+    """
     config_lib.validate_batch_layout(config, mesh.shape["data"] * mesh.shape["fsdp"])
     check_model_fits_loss(model, config)
     optimizer = optim.make_optimizer(config)
     image_size, context_length = model.visual.image_size, config.data.context_length
     shardings = parameter_shardings(model, context_length, mesh)
     init, abstract_state = compile_init(model, optimizer, image_size, context_length, shardings, mesh, rng)
-    step_fn = jit_train_step(
-        make_train_step(model, config, mesh, optimizer, optim.learning_rate_schedule(config)),
-        state_shardings(abstract_state),
-        mesh,
-    )
     batch = batch_sharding(mesh)
     abstract_batch = {
         "images": jax.ShapeDtypeStruct((config.batch_size, image_size, image_size, 3), jnp.float32, sharding=batch),
         "tokens": jax.ShapeDtypeStruct((config.batch_size, context_length), jnp.int32, sharding=batch),
     }
-    step = step_fn.lower(abstract_state, abstract_batch).compile()
+    ratio = config.flip.mask_ratio if mask_ratio is None else mask_ratio
+    step = compile_step(model, config, mesh, abstract_state, abstract_batch, ratio)
     return CompiledTraining(init, abstract_state, step, abstract_batch)

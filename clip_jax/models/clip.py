@@ -39,17 +39,24 @@ class CLIP(nn.Module):
                 "logit_bias", param_with_axes(nn.initializers.constant(self.init_logit_bias), ()), (), jnp.float32
             )
 
-    def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
-        """images [B, H, W, 3] float32, normalized -> [B, E] float32, unnormalized."""
-        return self.visual(images, train=train)
+    def encode_image(self, images: jax.Array, train: bool = False, keep_patches: jax.Array | None = None) -> jax.Array:
+        """images [B, H, W, 3] float32, normalized -> [B, E] float32, unnormalized.
+
+        keep_patches [B, K]: the patch tokens a ViT tower keeps (FLIP's masking); None: all of them.
+        """
+        if keep_patches is None:
+            return self.visual(images, train=train)
+        return self.visual(images, train=train, keep_patches=keep_patches)
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         """tokens [B, L] int32 -> [B, E] float32, unnormalized."""
         return self.text(tokens)
 
-    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self, images: jax.Array, tokens: jax.Array, train: bool = False, keep_patches: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
         outputs = {
-            "image_embeds": l2_normalize(self.encode_image(images, train=train)),
+            "image_embeds": l2_normalize(self.encode_image(images, train=train, keep_patches=keep_patches)),
             "text_embeds": l2_normalize(self.encode_text(tokens)),
             "logit_scale": jnp.exp(self.logit_scale),
         }
