@@ -123,11 +123,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         while step < config.total_steps:
             if flip.mask_ratio_at(config, step) != mask_ratio:  # FLIP's unmasked tuning: a compiled step of its own
-                mask_ratio, abstract_batch = flip.mask_ratio_at(config, step), compiled.abstract_batch
+                mask_ratio = flip.mask_ratio_at(config, step)
                 log.info("FLIP: unmasked tuning from step %d to %d", step, config.total_steps)
-                step_fn = train_step.compile_step(model, config, mesh, compiled.abstract_state, abstract_batch, mask_ratio)
+                step_fn = train_step.compile_step(
+                    model, config, mesh, compiled.abstract_state, compiled.abstract_batch, mask_ratio
+                )
                 if peak:
-                    model_flops = flops.model_flops_per_step(model, config, mesh, abstract_batch, mask_ratio)
+                    model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch, mask_ratio)
                 window_start, window_steps = time.perf_counter(), 0
             batch = next(batches)
             state, metrics = step_fn(state, {"images": batch["images"], "tokens": batch["tokens"]})
