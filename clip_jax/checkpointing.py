@@ -2,7 +2,8 @@
 
 Each step holds four items: `variables` ({'params', 'batch_stats'}, the same
 layout `clip_jax.weights` and `import_weights` use, so a run's checkpoints load
-as weights anywhere), `train` ({'step', 'opt_state'}), `data` (the input
+as weights anywhere), `train` ({'step', 'opt_state'} and, for objectives with
+state of their own, 'extra'), `data` (the input
 position of every data stream, gathered from all processes, JSON: any process
 count that divides the streams can resume it) and `metadata` (model name and
 overrides, seed, JSON). Saves are asynchronous; a step counts only once Orbax committed it, so a
@@ -21,8 +22,10 @@ State = dict[str, Any]
 
 
 def _split(state: State) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(variables, train): the objective's extra state (DeCLIP's queue) goes with the train item where there is one."""
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    return variables, {"step": state["step"], "opt_state": state["opt_state"]}
+    train = {"step": state["step"], "opt_state": state["opt_state"]}
+    return variables, {**train, "extra": state["extra"]} if state.get("extra") else train
 
 
 class Checkpointer:
@@ -61,7 +64,7 @@ class Checkpointer:
                 variables=ocp.args.StandardRestore(variables), train=ocp.args.StandardRestore(train)
             ),
         )
-        return {**restored.variables, **restored.train}
+        return {"extra": {}, **restored.variables, **restored.train}
 
     def restore_data(self, step: int) -> dict[str, Any]:
         """The input position of every data stream (`data.merge_states` of all processes' states)."""

@@ -18,8 +18,9 @@ from clip_jax.models import CLIP, list_models
 from clip_jax.models.registry import MODEL_SPECS
 from clip_jax.models.layers import REMAT_POLICIES
 
-LOSSES = ("clip", "siglip", "clip_lite")
+LOSSES = ("clip", "siglip", "clip_lite", "declip")
 LOSS_IMPLS = ("all_gather", "blockwise")
+CLIP_LITE_NEGATIVES = ("shifted", "hardest")
 DTYPES = ("float32", "bfloat16")
 # Each loss's initial (logit scale, logit bias) where config.init_logit_* is None. The scale is
 # the log of the multiplier, as create_model's init_logit_scale; a bias of None: the model has no
@@ -27,6 +28,7 @@ DTYPES = ("float32", "bfloat16")
 LOSS_LOGIT_INIT: dict[str, tuple[float, float | None]] = {
     "clip": (CLIP.init_logit_scale, None),  # log(1/0.07), OpenAI's
     "clip_lite": (CLIP.init_logit_scale, None),
+    "declip": (CLIP.init_logit_scale, None),
     "siglip": (math.log(10.0), -10.0),  # SigLIP (Zhai et al. 2023): multiplier 10, bias -10
 }
 
@@ -42,7 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Extra create_model overrides, e.g. {'text': {'vocab_size': 32000}}.
     c.model_overrides = ml_collections.ConfigDict()
 
-    c.loss = "clip"  # "clip" (InfoNCE), "siglip" (pairwise sigmoid) or "clip_lite" (one negative per pair)
+    # "clip" (InfoNCE), "siglip" (pairwise sigmoid), "clip_lite" (one negative per pair) or "declip"
+    # (InfoNCE plus DeCLIP's self-, multi-view and nearest-neighbour supervision, config.declip)
+    c.loss = "clip"
     # How clip and siglip form the [N, N] logits of the global batch: "all_gather" ([n, N] per
     # device) or "blockwise" (a ring of [n, loss_block_size] tiles; memory flat in N). clip_lite
     # compares each pair with one caption of the neighbouring device: O(n d) under either value,
@@ -57,6 +61,23 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_logit_scale = config_dict.placeholder(float)
     # Initial logit bias, siglip only; None: -10. clip and clip_lite have no bias.
     c.init_logit_bias = config_dict.placeholder(float)
+    # CLIP-Lite (Shrivastava et al. 2021), used with loss="clip_lite": critic heads of width critic_dim
+    # on both towers (clip_jax.models.critic; 0: the loss on the towers' own embeddings), and each
+    # image's one negative caption: "shifted" (the next caption of the global batch, the paper's) or
+    # "hardest" (the caption of the global batch, other than its own, it scores highest).
+    c.clip_lite = ml_collections.ConfigDict(dict(critic_dim=2048, negatives="shifted"))
+    # DeCLIP (Li et al. 2021), used with loss="declip" (clip_jax.objectives.declip): the weight of each
+    # supervision (DeCLIP's code: 0.6 on the four image-view x caption InfoNCE terms, 0.2 each on SimSiam,
+    # masked language modelling and nearest neighbours), SimSiam's projection width, the FIFO queue of
+    # caption embeddings (a multiple of batch_size), and masked language modelling: the share of caption
+    # tokens masked (80% [MASK], 10% random, 10% kept) and at most mlm_max_predictions of them per caption.
+    c.declip = ml_collections.ConfigDict(dict(
+        weights=dict(multi_view=0.6, image_ssl=0.2, text_ssl=0.2, nearest_neighbour=0.2),
+        projection_dim=1024,
+        queue_size=65536,
+        mlm_rate=0.15,
+        mlm_max_predictions=16,
+    ))
 
     c.batch_size = 32768  # global, over all devices and hosts
     c.num_microbatches = 1  # > 1: gradient accumulation keeping every negative of the batch
@@ -195,6 +216,43 @@ def _validate_flip(config: ml_collections.ConfigDict) -> None:
     _check(round((1 - ratio) * patches) >= 1, "flip.mask_ratio", f"{ratio} keeps none of the {patches} patches")
 
 
+def uses_loss_blocks(config: ml_collections.ConfigDict) -> bool:
+    """Whether config.loss compares every pair of the global batch (in tiles of loss_block_size)."""
+    return config.loss != "clip_lite" or config.clip_lite.negatives == "hardest"
+
+
+def _validate_clip_lite(config: ml_collections.ConfigDict) -> None:
+    """clip_lite.negatives one of CLIP_LITE_NEGATIVES; critic heads only where both towers train."""
+    lite = config.clip_lite
+    _check(lite.negatives in CLIP_LITE_NEGATIVES, "clip_lite.negatives", f"{lite.negatives!r} is not one of {CLIP_LITE_NEGATIVES}")
+    _check(lite.critic_dim >= 0, "clip_lite.critic_dim", "must be >= 0 (0: no critic heads)")
+    _check(
+        not (config.loss == "clip_lite" and lite.critic_dim and locked_towers(config)),
+        "clip_lite.critic_dim",
+        "critic heads train together with both towers; set it to 0 when config.lit locks a tower",
+    )
+
+
+def _validate_declip(config: ml_collections.ConfigDict) -> None:
+    """Weights for DeCLIP's four terms, a queue of whole batches, a masking rate in (0, 1); no FLIP or LiT with it."""
+    d = config.declip
+    terms = ("multi_view", "image_ssl", "text_ssl", "nearest_neighbour")
+    _check(sorted(d.weights) == sorted(terms), "declip.weights", f"needs exactly the weights {terms}")
+    _check(all(w >= 0 for w in d.weights.values()), "declip.weights", "must be >= 0")
+    _check(d.projection_dim >= 2, "declip.projection_dim", "must be at least 2")
+    _check(0 < d.mlm_rate < 1, "declip.mlm_rate", f"must be in (0, 1), got {d.mlm_rate}")
+    _check(d.mlm_max_predictions >= 1, "declip.mlm_max_predictions", "must be at least 1")
+    if config.loss != "declip":
+        return
+    _check(
+        d.queue_size >= config.batch_size and d.queue_size % config.batch_size == 0,
+        "declip.queue_size",
+        f"{d.queue_size} must be a positive multiple of batch_size {config.batch_size} (the queue holds whole batches)",
+    )
+    _check(config.flip.mask_ratio == 0, "flip.mask_ratio", "FLIP's masking is not combined with loss=declip; set it to 0")
+    _check(not locked_towers(config), "lit.lock_image", "DeCLIP trains both towers; unlock them or use another loss")
+
+
 def validate_batch_layout(config: ml_collections.ConfigDict, batch_shards: int) -> None:
     """The checks that need the number of devices the batch is split over (mesh data x fsdp)."""
     _check(
@@ -204,7 +262,7 @@ def validate_batch_layout(config: ml_collections.ConfigDict, batch_shards: int) 
         f"{batch_shards} batch shards",
     )
     local = config.batch_size // batch_shards  # the loss sees the whole batch, also with micro-batches
-    if config.loss_impl == "blockwise" and config.loss != "clip_lite":
+    if config.loss_impl == "blockwise" and uses_loss_blocks(config):
         _check(
             local % min(config.loss_block_size, local) == 0,
             "loss_block_size",
@@ -223,6 +281,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.loss_block_size > 0, "loss_block_size", "must be positive")
     _check(config.max_logit_scale > 0, "max_logit_scale", "must be positive")
     _validate_logit_init(config)
+    _validate_clip_lite(config)
+    _validate_declip(config)
     _check(config.batch_size > 0, "batch_size", "must be positive")
     _check(config.num_microbatches >= 1, "num_microbatches", "must be at least 1")
     _check(

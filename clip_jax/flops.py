@@ -7,6 +7,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from clip_jax import optim
+from clip_jax.objectives import make_objective
 from clip_jax.train_state import init_state_fn, parameter_shardings
 from clip_jax.train_step import Batch, make_train_step
 
@@ -31,9 +32,8 @@ def model_flops_per_step(
     plain_config = ml_collections.ConfigDict(config.to_dict())
     plain_config.num_microbatches = 1
     optimizer = optim.make_optimizer(plain_config)
-    image_size, context_length = model.visual.image_size, config.data.context_length
-    shardings = parameter_shardings(plain, context_length, mesh)
-    init = init_state_fn(plain, optimizer, image_size, context_length, shardings, mesh)
+    objective = make_objective(plain, plain_config)
+    init = init_state_fn(objective, optimizer, parameter_shardings(objective, mesh), mesh)
     state = jax.eval_shape(init, jax.random.key(0))
     step = make_train_step(plain, plain_config, mesh, optimizer, optim.learning_rate_schedule(plain_config), mask_ratio)
     analysis = jax.jit(step).lower(state, batch).cost_analysis()

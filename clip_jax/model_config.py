@@ -30,18 +30,27 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     With a tokenizer other than CLIP's BPE (a SentencePiece model), the text
     tower takes that vocabulary's size and pools at the last non-pad token,
-    unless config.model_overrides.text says otherwise.
+    unless config.model_overrides.text says otherwise. The clip_lite loss adds
+    CLIP-Lite's critic heads (config.clip_lite.critic_dim); the declip loss
+    adds DeCLIP's heads and a mask token to the vocabulary.
     """
     overrides = {
         "dtype": config.dtype,
         "remat_policy": config.remat_policy,
         "scan_layers": config.scan_layers,
         **logit_overrides(config),
+        **({"critic_dim": config.clip_lite.critic_dim} if config.loss == "clip_lite" and config.clip_lite.critic_dim else {}),
+        **({"declip_projection_dim": config.declip.projection_dim} if config.loss == "declip" else {}),
         **config.model_overrides.to_dict(),
     }
-    if config.data.tokenizer != "clip":
+    if config.data.tokenizer != "clip" or config.loss == "declip":
+        text = {}
         vocab_size = get_tokenizer(config.data.tokenizer, config.data.context_length).vocab_size
-        overrides["text"] = {"vocab_size": vocab_size, "pool_type": "last", **overrides.get("text", {})}
+        if config.loss == "declip":  # one more row: the mask token
+            vocab_size += 1
+        if config.data.tokenizer != "clip":
+            text["pool_type"] = "last"
+        overrides["text"] = {"vocab_size": vocab_size, **text, **overrides.get("text", {})}
     return overrides
 
 

@@ -28,6 +28,10 @@ from clip_jax.model_config import model_from_config
 
 log = logging.getLogger("clip_jax.train")
 
+# Top-level parameters that only some losses have: the loss's logit scalars, CLIP-Lite's critic heads,
+# DeCLIP's training heads.
+KEPT_WHEN_ABSENT = ("logit_scale", "logit_bias", "image_critic", "text_critic", "heads")
+
 
 def _only(collections: dict[str, Any], tower: str | None) -> dict[str, Any]:
     """{'params': ..., 'batch_stats': ...} cut down to `tower`'s subtree in each (all of it when tower is None)."""
@@ -43,18 +47,18 @@ def _load_init_weights(
 
     With `tower` ('visual' or 'text') only that subtree is replaced and the rest keeps its values.
     Layer stacks are converted between the scanned and the plain layout as the model needs;
-    a logit scale or bias the weights lack (CLIP weights for a SigLIP run) keeps its initial value.
+    a part the weights lack (KEPT_WHEN_ABSENT: CLIP weights for a SigLIP or CLIP-Lite run) keeps its initial value.
     `field` names the config field in errors and logs.
     """
     run_checkpoints = paths.resolve(path) / "checkpoints"
     variables, _ = weights.load_variables(run_checkpoints if run_checkpoints.is_dir() else path)
     current = _only({k: state[k] for k in ("params", "batch_stats")}, tower)
     variables = _only({k: variables.get(k, {}) for k in ("params", "batch_stats")}, tower)
-    params = variables["params"]
-    missing = [k for k in train_step.scalar_params(current["params"]) if k not in params]
-    if missing:  # e.g. CLIP weights for a SigLIP run: the loss's own scalars keep their initial values
-        variables = {**variables, "params": {**params, **jax.device_get({k: state["params"][k] for k in missing})}}
-        log.info("%s: %s has no %s; starting them from the config's init", field, path, missing)
+    for collection, tree in current.items():  # e.g. CLIP weights for a SigLIP or CLIP-Lite run
+        missing = [k for k in KEPT_WHEN_ABSENT if k in tree and k not in variables[collection]]
+        if missing:
+            variables[collection] = {**variables[collection], **jax.device_get({k: tree[k] for k in missing})}
+            log.info("%s: %s has no %s %s; starting them from the config's init", field, path, collection, missing)
     expected = jax.tree.map(lambda x: x.shape, current)
     for layout in (lambda v: v, stack_layers, unstack_layers):
         candidate = {k: layout(v) for k, v in variables.items()}
@@ -132,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch, mask_ratio)
                 window_start, window_steps = time.perf_counter(), 0
             batch = next(batches)
-            state, metrics = step_fn(state, {"images": batch["images"], "tokens": batch["tokens"]})
+            state, metrics = step_fn(state, {name: batch[name] for name in compiled.abstract_batch})
             step += 1
             window_steps += 1
             progress(step)
@@ -185,6 +189,7 @@ def open_training_data(
             crop_scale=(config.data.min_crop_scale, 1.0),
             shuffle_buffer=config.data.shuffle_buffer,
             resample=config.data.resample,
+            declip_views=config.loss == "declip",
         )
     except (FileNotFoundError, data.NoValidDataError) as e:
         raise ConfigError(f"config.data.train: {e}; set the training data with --config.data.train=SOURCE") from None

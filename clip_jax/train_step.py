@@ -1,14 +1,16 @@
 """The sharded train step: model forward, cross-device contrastive loss, optimizer update.
 
-State is a dict {'step', 'params', 'batch_stats', 'opt_state'}; the step is one
-`jax.jit` with explicit shardings and the state donated. Embeddings come out of
-the model split over the batch axes ('data', 'fsdp'); the loss runs in a
-`jax.shard_map` over those axes through the losses' `axis_name` forms, so every
-device's samples are negatives for every other's.
+State is a dict {'step', 'params', 'batch_stats', 'opt_state', 'extra'}; the
+step is one `jax.jit` with explicit shardings and the state donated. What the
+step computes is the objective's (`clip_jax.objectives`: the contrastive losses,
+DeCLIP): its per-example outputs come out of the model split over the batch
+axes ('data', 'fsdp'), and its loss runs in a `jax.shard_map` over those axes
+through the losses' `axis_name` forms, so every device's samples are negatives
+for every other's; 'extra' is the objective's own state (DeCLIP's text queue).
 
 With `num_microbatches` M > 1 the step accumulates gradients without losing
 negatives: it embeds all M micro-batches without gradients, takes the loss
-gradient with respect to the embeddings of the whole batch, then re-runs each
+gradient with respect to the outputs of the whole batch, then re-runs each
 micro-batch and pushes that gradient into the parameters (a VJP), so the
 gradient is the full batch's while activations are held for one micro-batch.
 (BatchNorm models normalise each micro-batch with its own statistics.)
@@ -16,7 +18,7 @@ gradient is the full batch's while activations are held for one micro-batch.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Collection, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,32 +28,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import config as config_lib
-from clip_jax import flip, losses, optim
+from clip_jax import optim
+from clip_jax.objectives import Contrastive, make_objective
 from clip_jax.sharding import BATCH_AXES, batch_sharding, replicated
 from clip_jax.train_state import State, compile_init, parameter_shardings, state_shardings
 
 Batch = dict[str, jax.Array]
-TOWER_OUTPUTS = (("image_embeds", "visual"), ("text_embeds", "text"))  # the model's outputs and their towers
-
-
-def loss_function(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
-    """(image_embeds, text_embeds, logit_scale, logit_bias, axis_name) -> scalar loss, by config.loss.
-
-    config.loss_impl and loss_block_size pick how clip and siglip form their
-    logits; clip_lite exchanges one caption with the neighbouring device and
-    has a single O(n d) form, the same under either loss_impl.
-    """
-    if config.loss == "clip":
-        return lambda x, y, scale, bias, axis_name: losses.clip_loss(
-            x, y, scale, axis_name, impl=config.loss_impl, block_size=config.loss_block_size
-        )
-    if config.loss == "siglip":
-        return lambda x, y, scale, bias, axis_name: losses.sigmoid_loss(
-            x, y, scale, bias, axis_name, impl=config.loss_impl, block_size=config.loss_block_size
-        )
-    if config.loss == "clip_lite":
-        return lambda x, y, scale, bias, axis_name: losses.clip_lite_loss(x, y, scale, axis_name)
-    raise ValueError(f"config.loss: unknown loss {config.loss!r}")
 
 
 def check_model_fits_loss(model: nn.Module, config: ml_collections.ConfigDict) -> None:
@@ -67,60 +49,27 @@ def check_model_fits_loss(model: nn.Module, config: ml_collections.ConfigDict) -
         raise ValueError(f"config.loss: {config.loss} has no logit bias, but the model has a logit_bias parameter")
 
 
-def global_loss_fn(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable[..., tuple[jax.Array, dict]]:
-    """(image_embeds [B, E], text_embeds [B, E], scalars {'logit_scale', 'logit_bias'?}) -> (loss, metrics).
+def global_loss_fn(objective: Contrastive, mesh: Mesh) -> Callable[..., tuple[jax.Array, dict, dict]]:
+    """(outputs {name: [B, ...]}, scalars {'logit_scale', 'logit_bias'?}, extra, step) -> (loss, metrics, extra).
 
-    Embeddings are split over the batch axes; the loss of the global batch and
-    the in-batch metrics come back replicated.
+    Outputs are split over the batch axes and extra is laid out by the
+    objective's extra_specs; the loss of the global batch and the metrics come
+    back replicated.
     """
-    loss = loss_function(config)
-    block_size = config.loss_block_size
 
-    def local(image_embeds, text_embeds, scalars):
-        scale = jnp.exp(scalars["logit_scale"])
-        bias = scalars.get("logit_bias")
-        value = loss(image_embeds, text_embeds, scale, bias, BATCH_AXES)
-        metrics = losses.contrastive_metrics(
-            image_embeds, text_embeds, scale, bias, BATCH_AXES, block_size=math.gcd(block_size, image_embeds.shape[0])
-        )
-        return value, metrics
+    def local(outputs, scalars, extra, step):
+        return objective.loss(outputs, scalars, extra, step, BATCH_AXES)
 
-    batch = PartitionSpec(BATCH_AXES)
-    return jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, PartitionSpec()), out_specs=PartitionSpec())
+    batch, specs = PartitionSpec(BATCH_AXES), objective.extra_specs()
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(batch, PartitionSpec(), specs, PartitionSpec()),
+        out_specs=(PartitionSpec(), PartitionSpec(), specs),
+    )
 
 
 def scalar_params(params: Any) -> dict[str, jax.Array]:
     """The loss's own parameters: logit_scale (log of the multiplier) and logit_bias where present."""
     return {k: params[k] for k in ("logit_scale", "logit_bias") if k in params}
-
-
-def make_embed_fn(
-    model: nn.Module, locked: Collection[str] = ()
-) -> Callable[..., tuple[tuple[jax.Array, jax.Array], Any]]:
-    """(params, batch_stats, images, tokens, keep_patches=None) -> ((image_embeds, text_embeds), new batch_stats).
-
-    Embeddings are L2-normalized; keep_patches [B, K]: FLIP's kept patch tokens (None: whole images).
-
-    The embeddings of a `locked` tower ('visual', 'text') are constants to autodiff, so no backward
-    pass runs through it; a locked image tower runs in inference mode (BatchNorm statistics unchanged).
-    """
-
-    def embed(params, batch_stats, images, tokens, keep_patches=None):
-        if batch_stats and "visual" in locked:
-            variables = {"params": params, "batch_stats": batch_stats}
-            out = model.apply(variables, images, tokens, keep_patches=keep_patches)
-        elif batch_stats:
-            out, updates = model.apply(
-                {"params": params, "batch_stats": batch_stats}, images, tokens, train=True, mutable=["batch_stats"],
-                keep_patches=keep_patches,
-            )
-            batch_stats = updates["batch_stats"]
-        else:
-            out = model.apply({"params": params}, images, tokens, keep_patches=keep_patches)
-        x, y = (jax.lax.stop_gradient(out[k]) if tower in locked else out[k] for k, tower in TOWER_OUTPUTS)
-        return (x, y), batch_stats
-
-    return embed
 
 
 def _to_microbatches(x: jax.Array, num: int, mesh: Mesh) -> jax.Array:
@@ -141,58 +90,51 @@ def _from_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
 
 def loss_and_grads(
     model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, state: State, batch: Batch, mask_ratio: float = 0.0
-) -> tuple[jax.Array, dict, Any, Any]:
-    """(loss, metrics, grads, new batch_stats) of the global batch, accumulated over micro-batches.
+) -> tuple[jax.Array, dict, Any, dict[str, Any]]:
+    """(loss, metrics, grads, {'batch_stats', 'extra'} after the step) of the global batch, over micro-batches.
 
-    With mask_ratio > 0 the image tower sees FLIP's random patch subsets of this step (`clip_jax.flip`),
-    drawn for the whole batch, so micro-batches keep the tokens the full batch would.
+    The objective (`clip_jax.objectives`) prepares the step's inputs for the whole batch (FLIP's patch
+    subsets with mask_ratio > 0, DeCLIP's masked tokens), so micro-batches see what the full batch would.
     """
-    embed = make_embed_fn(model, config_lib.locked_towers(config))
-    global_loss = global_loss_fn(config, mesh)
-    params, batch_stats = state["params"], state["batch_stats"]
+    objective = make_objective(model, config, mask_ratio)
+    global_loss = global_loss_fn(objective, mesh)
+    params, batch_stats, extra, step = state["params"], state["batch_stats"], state["extra"], state["step"]
     num = config.num_microbatches
-    keep = None
-    if mask_ratio:
-        keep = flip.kept_patches(model, config.seed, state["step"], config.batch_size, mask_ratio)
-        keep = jax.lax.with_sharding_constraint(keep, batch_sharding(mesh))  # [B, K]
+    inputs = jax.lax.with_sharding_constraint(objective.prepare(step, batch), batch_sharding(mesh))
 
     if num == 1:
 
         def total_loss(params):
-            (x, y), new_stats = embed(params, batch_stats, batch["images"], batch["tokens"], keep)
-            loss, metrics = global_loss(x, y, scalar_params(params))
-            return loss, (metrics, new_stats)
+            outputs, new_stats = objective.forward(params, batch_stats, inputs)
+            loss, metrics, new_extra = global_loss(outputs, scalar_params(params), extra, step)
+            return loss, (metrics, {"batch_stats": new_stats, "extra": new_extra})
 
-        (loss, (metrics, new_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
-        return loss, metrics, grads, new_stats
+        (loss, (metrics, updates)), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
+        return loss, metrics, grads, updates
 
-    images = _to_microbatches(batch["images"], num, mesh)
-    tokens = _to_microbatches(batch["tokens"], num, mesh)
-    keeps = None if keep is None else _to_microbatches(keep, num, mesh)
+    microbatches = jax.tree.map(lambda x: _to_microbatches(x, num, mesh), inputs)
 
-    def embed_microbatch(stats, inputs):
-        embeddings, stats = embed(params, stats, *inputs)
-        return stats, embeddings
+    def embed_microbatch(stats, microbatch):
+        outputs, stats = objective.forward(params, stats, microbatch)
+        return stats, outputs
 
-    new_stats, (xs, ys) = jax.lax.scan(embed_microbatch, batch_stats, (images, tokens, keeps))
-    x, y = _from_microbatches(xs, mesh), _from_microbatches(ys, mesh)
-    (loss, metrics), (dx, dy, dscalars) = jax.value_and_grad(global_loss, argnums=(0, 1, 2), has_aux=True)(
-        x, y, scalar_params(params)
-    )
+    new_stats, stacked = jax.lax.scan(embed_microbatch, batch_stats, microbatches)
+    outputs = jax.tree.map(lambda x: _from_microbatches(x, mesh), stacked)
+    (loss, (metrics, new_extra)), (doutputs, dscalars) = jax.value_and_grad(
+        lambda outputs, scalars: (lambda l, m, e: (l, (m, e)))(*global_loss(outputs, scalars, extra, step)),
+        argnums=(0, 1), has_aux=True,
+    )(outputs, scalar_params(params))
 
     def backprop_microbatch(grads, inputs):
-        mb_images, mb_tokens, mb_keep, mb_dx, mb_dy = inputs
-        _, vjp = jax.vjp(lambda p: embed(p, batch_stats, mb_images, mb_tokens, mb_keep)[0], params)
-        return jax.tree.map(jnp.add, grads, vjp((mb_dx, mb_dy))[0]), None
+        microbatch, doutput = inputs
+        _, vjp = jax.vjp(lambda p: objective.forward(p, batch_stats, microbatch)[0], params)
+        return jax.tree.map(jnp.add, grads, vjp(doutput)[0]), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, _ = jax.lax.scan(
-        backprop_microbatch,
-        zeros,
-        (images, tokens, keeps, _to_microbatches(dx, num, mesh), _to_microbatches(dy, num, mesh)),
-    )
+    doutputs = jax.tree.map(lambda x: _to_microbatches(x, num, mesh), doutputs)
+    grads, _ = jax.lax.scan(backprop_microbatch, zeros, (microbatches, doutputs))
     grads = {**grads, **{k: grads[k] + g for k, g in dscalars.items()}}
-    return loss, metrics, grads, new_stats
+    return loss, metrics, grads, {"batch_stats": new_stats, "extra": new_extra}
 
 
 def make_train_step(
@@ -211,7 +153,7 @@ def make_train_step(
     locked = config_lib.locked_towers(config)
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-        loss, metrics, grads, batch_stats = loss_and_grads(model, config, mesh, state, batch, mask_ratio)
+        loss, metrics, grads, carried = loss_and_grads(model, config, mesh, state, batch, mask_ratio)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         params = {**params, **{tower: state["params"][tower] for tower in locked}}  # bit for bit, -0.0 too
@@ -225,7 +167,7 @@ def make_train_step(
             "logit_scale": jnp.exp(params["logit_scale"]),
             **({"logit_bias": params["logit_bias"]} if "logit_bias" in params else {}),
         }
-        new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats, "opt_state": opt_state}
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, **carried}
         return new_state, metrics
 
     return train_step
@@ -282,14 +224,13 @@ def compile_training(
     """
     config_lib.validate_batch_layout(config, mesh.shape["data"] * mesh.shape["fsdp"])
     check_model_fits_loss(model, config)
+    objective = make_objective(model, config)
     optimizer = optim.make_optimizer(config)
-    image_size, context_length = model.visual.image_size, config.data.context_length
-    shardings = parameter_shardings(model, context_length, mesh)
-    init, abstract_state = compile_init(model, optimizer, image_size, context_length, shardings, mesh, rng)
+    shardings = parameter_shardings(objective, mesh)
+    init, abstract_state = compile_init(objective, optimizer, shardings, mesh, rng)
     batch = batch_sharding(mesh)
     abstract_batch = {
-        "images": jax.ShapeDtypeStruct((config.batch_size, image_size, image_size, 3), jnp.float32, sharding=batch),
-        "tokens": jax.ShapeDtypeStruct((config.batch_size, context_length), jnp.int32, sharding=batch),
+        name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch) for name, (shape, dtype) in objective.batch_shapes().items()
     }
     ratio = config.flip.mask_ratio if mask_ratio is None else mask_ratio
     step = compile_step(model, config, mesh, abstract_state, abstract_batch, ratio)

@@ -16,6 +16,7 @@ CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__
 def test_every_issue_recipe_is_present():
     names = {os.path.basename(p) for p in CONFIGS}
     assert {"tiny.py", "vit_b32.py", "vit_b16.py", "vit_l14.py", "rn50.py"} <= names
+    assert {"siglip_b16.py", "lit_b16.py", "flip_b16.py", "cliplite_rn50_coco.py", "declip_vit_b32.py"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

@@ -132,7 +132,7 @@ def test_masked_gradient_equals_plain_model_on_the_gathered_tokens():
     images, tokens = inputs(model)
     batch = jax.device_put({"images": images, "tokens": tokens}, sharding.batch_sharding(mesh))
     params = nn.meta.unbox(model.init(jax.random.key(0), images, tokens)["params"])
-    state = {"step": jnp.int32(3), "params": params, "batch_stats": {}}
+    state = {"step": jnp.int32(3), "params": params, "batch_stats": {}, "extra": {}}
     config = step_config()
 
     def masked(config, state, batch):

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
 from clip_jax.losses import clip_lite_loss, clip_loss, contrastive_metrics, sigmoid_loss
+from clip_jax.losses.clip_lite import hardest_negative_texts
 
 N_LOCAL, DIM, SCALE, BIAS = 8, 16, 8.0, -4.0
 
@@ -59,11 +60,22 @@ def np_sigmoid(x, y, t, b):
     return loss / n, t * g @ y, t * g.T @ x, np.sum(g * sim), np.sum(g)
 
 
-def np_clip_lite(x, y, t, b):
+def shifted_negatives(x, y):
+    """The paper's negative caption of image i: the next one, cyclically."""
+    return [(i + 1) % len(x) for i in range(len(x))]
+
+
+def hardest_negatives(x, y):
+    """The caption j != i with the highest x_i . y_j; a tie goes to the lowest j."""
+    sim = x @ y.T
+    np.fill_diagonal(sim, -np.inf)
+    return [int(np.argmax(row)) for row in sim]
+
+
+def np_clip_lite(x, y, t, b, negatives=shifted_negatives):
     n = len(x)
     dx, dy, dt, loss = np.zeros_like(x), np.zeros_like(y), 0.0, 0.0
-    for i in range(n):
-        k = (i + 1) % n
+    for i, k in enumerate(negatives(x, y)):
         pos, neg = t * x[i] @ y[i], t * x[i] @ y[k]
         loss += (_softplus(-pos) + _softplus(neg)) / n
         g_pos, g_neg = -_sigmoid(-pos) / n, _sigmoid(neg) / n
@@ -85,7 +97,12 @@ def np_metrics(x, y, t, b):
     }
 
 
-REFERENCES = {"clip": np_clip, "sigmoid": np_sigmoid, "clip_lite": np_clip_lite}
+REFERENCES = {
+    "clip": np_clip,
+    "sigmoid": np_sigmoid,
+    "clip_lite": np_clip_lite,
+    "clip_lite_hardest": functools.partial(np_clip_lite, negatives=hardest_negatives),
+}
 
 
 def loss_fn(name, impl, block_size):
@@ -94,11 +111,15 @@ def loss_fn(name, impl, block_size):
         return lambda x, y, t, b, ax: clip_loss(x, y, t, ax, impl=impl, block_size=block_size)
     if name == "sigmoid":
         return lambda x, y, t, b, ax: sigmoid_loss(x, y, t, b, ax, impl=impl, block_size=block_size)
+    if name == "clip_lite_hardest":
+        block = block_size if impl == "blockwise" else None
+        return lambda x, y, t, b, ax: clip_lite_loss(x, y, t, ax, negatives="hardest", block_size=block)
     return lambda x, y, t, b, ax: clip_lite_loss(x, y, t, ax)
 
 
 CASES = [("clip", "all_gather"), ("clip", "blockwise"), ("sigmoid", "all_gather"),
-         ("sigmoid", "blockwise"), ("clip_lite", None)]
+         ("sigmoid", "blockwise"), ("clip_lite", None), ("clip_lite_hardest", "all_gather"),
+         ("clip_lite_hardest", "blockwise")]
 CASE_IDS = [f"{name}-{impl}" if impl else name for name, impl in CASES]
 
 
@@ -261,6 +282,21 @@ def test_blockwise_equals_all_gather_sharded(name):
     dense, ring = value_and_grads("all_gather"), value_and_grads("blockwise")
     for a, b in zip(jax.tree.leaves(dense), jax.tree.leaves(ring)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_hardest_negatives_cross_devices_and_break_ties_low():
+    """The sharded cases above only test "hardest" if its negatives live on other devices; ties go low."""
+    x, y = embeddings(8 * N_LOCAL)
+    chosen = hardest_negatives(x.astype(np.float64), y.astype(np.float64))
+    assert sum(k // N_LOCAL != i // N_LOCAL for i, k in enumerate(chosen)) > 8 * N_LOCAL // 2
+    y_tied = y.copy()
+    y_tied[5] = y_tied[50]  # caption 5 and 50 now score the same against every image
+    chosen = hardest_negatives(x.astype(np.float64), y_tied.astype(np.float64))
+    assert 5 in chosen and 50 not in [k for i, k in enumerate(chosen) if i not in (5,)]
+    mesh, axis = mesh_and_axis("data8")
+    pick = jax.jit(jax.shard_map(lambda x, y: hardest_negative_texts(x, y, axis, block_size=4), mesh=mesh,
+                                 in_specs=(P(axis), P(axis)), out_specs=P(axis)))
+    np.testing.assert_array_equal(pick(x, y_tied), y_tied[chosen])
 
 
 # ----------------------------------------------------------------------------

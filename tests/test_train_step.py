@@ -10,6 +10,7 @@ import pytest
 import clip_jax
 from clip_jax import config as config_lib
 from clip_jax import flops, optim, sharding, train_state, train_step
+from clip_jax.model_config import model_from_config
 
 BATCH = 16
 
@@ -30,23 +31,31 @@ def small_config(**changes):
 
 
 def make_batch(seed=0):
+    """A batch with every field an objective reads (DeCLIP's second view and augmented caption too)."""
     rng = np.random.default_rng(seed)
-    images = rng.standard_normal((BATCH, 32, 32, 3)).astype(np.float32)
-    tokens = rng.integers(1, 49406, size=(BATCH, 77)).astype(np.int32)
-    tokens[np.arange(BATCH), rng.integers(2, 20, size=BATCH)] = 49407
-    return {"images": images, "tokens": tokens}
+    batch = {}
+    for suffix in ("", "_2"):
+        batch["images" + suffix] = rng.standard_normal((BATCH, 32, 32, 3)).astype(np.float32)
+    for suffix in ("", "_aug"):
+        tokens = rng.integers(1, 49406, size=(BATCH, 77)).astype(np.int32)
+        eot = rng.integers(2, 20, size=BATCH)
+        tokens[np.arange(BATCH), eot] = 49407
+        tokens[np.arange(77)[None, :] > eot[:, None]] = 0
+        tokens[:, 0] = 49406
+        batch["tokens" + suffix] = tokens
+    return batch
 
 
 def run_steps(config, mesh_sizes, devices, num_steps=2):
     """Host copies of (state after each step, metrics of each step) and the state's shardings."""
-    model = clip_jax.create_model(config.model)
+    model, _ = model_from_config(config)
     mesh = sharding.make_mesh(mesh_sizes, devices)
     rng = jax.random.key(0)
     compiled = train_step.compile_training(model, config, mesh, rng)
     state = compiled.init(rng)
     states, metrics = [], []
     for i in range(num_steps):
-        batch = jax.device_put(make_batch(i), sharding.batch_sharding(mesh))
+        batch = jax.device_put({k: make_batch(i)[k] for k in compiled.abstract_batch}, sharding.batch_sharding(mesh))
         state, m = compiled.step(state, batch)
         states.append(jax.device_get(state))
         metrics.append(jax.device_get(m))
@@ -127,6 +136,9 @@ def assert_same_training(run, reference, config):
     for got, want in zip(states, want_states, strict=True):
         assert_moments_close(got, want)
         assert int(got["step"]) == int(want["step"])
+        # BatchNorm's running statistics average activations over the global batch: rounding only
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got["batch_stats"],
+                     want["batch_stats"])
     assert_metrics_close(metrics, want_metrics, [s["params"] for s in states], [s["params"] for s in want_states])
     assert_params_close_after_adam(states[-1]["params"], want_states[-1]["params"], config, step=2)
 
@@ -156,6 +168,37 @@ def test_accumulation_equals_full_batch(single_device_run):
     config = small_config(num_microbatches=2)  # 8 rows per micro-batch: one per batch shard
     run = run_steps(config, {"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
     assert_same_training(run, single_device_run, config)
+
+
+@pytest.mark.parametrize("negatives", ["shifted", "hardest"])
+def test_clip_lite_step_with_critics_equals_single_device(negatives):
+    """CLIP-Lite's critic heads (synchronised BatchNorm) and one-negative loss: data=2 x fsdp=4 against one device.
+
+    The blockwise form scores the captions for the hardest negatives in tiles of 2 of the 2 per device.
+    """
+    config = small_config(loss="clip_lite", loss_impl="blockwise")
+    config.clip_lite.update(critic_dim=32, negatives=negatives)
+    reference = run_steps(config, {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    assert set(reference[0][0]["batch_stats"]) == {"image_critic", "text_critic"}
+    run = run_steps(config, {"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
+    assert_same_training(run, reference, config)
+
+
+def test_declip_step_equals_single_device():
+    """DeCLIP's objective (two views, masked tokens, SimSiam heads with synchronised BatchNorm, the text queue)
+    on data=2 x fsdp=4 against one device; the queue after each step equals the single-device one to rounding
+    (unit vectors: 1e-5), and the second step searches a queue the first step filled."""
+    config = small_config(loss="declip")
+    config.declip.update(projection_dim=32, queue_size=2 * BATCH)
+    reference = run_steps(config, {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    states, metrics, _ = reference
+    assert states[0]["extra"]["text_queue"].shape == (2, BATCH, 128)  # slots x batch x embed_dim
+    assert np.abs(states[0]["extra"]["text_queue"][0]).max() > 0 and not states[0]["extra"]["text_queue"][1].any()
+    assert {"declip/multi_view", "declip/image_ssl", "declip/text_ssl", "declip/nearest_neighbour"} <= set(metrics[0])
+    run = run_steps(config, {"data": 2, "fsdp": 4, "tensor": 1}, jax.devices())
+    assert_same_training(run, reference, config)
+    for got, want in zip(run[0], states, strict=True):
+        np.testing.assert_allclose(got["extra"]["text_queue"], want["extra"]["text_queue"], rtol=0, atol=1e-5)
 
 
 def test_adam_update_bound():

@@ -24,20 +24,26 @@ the run.
 Batches: "images" float32 [B, S, S, 3] normalized; "tokens" int32 [B, L]
 (text=True; [B, K, L] with "caption_mask" bool [B, K] when num_captions K > 1);
 "labels" int32 [B] (labels=True); "mask" bool [B] in evaluation, where the
-last batch is padded to B (training drops the remainder instead).
+last batch is padded to B (training drops the remainder instead). With
+declip_views (training), DeCLIP's extra views: "images_2" float32 [B, S, S, 3]
+normalized, a second random resized crop of the same image, randomly
+flipped; "tokens_aug" int32 [B, L], an EDA-augmented copy of the caption in
+"tokens" (`eda.augment_caption`). Their seeds are functions of (seed,
+stream, example index) like the first crop's.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from clip_jax.data import preprocess
-from clip_jax.data.order import hash64
+from clip_jax.data import eda, preprocess
+from clip_jax.data.order import hash64, rng
 from clip_jax.data.iterator import DataIterator
 from clip_jax.data.producer import StateLayout, StreamState, initial_state, produce
 from clip_jax.data.records import ERROR_KINDS
@@ -48,6 +54,8 @@ Tokenizer = Callable[[list[str]], np.ndarray]
 STATE_VERSION = 2
 # A run of this many images in a row that fail to decode means the data is unusable.
 MAX_CONSECUTIVE_DECODE_FAILURES = 10_000
+# Salts of DeCLIP's per-stream keys: second crop, its flip, the caption's EDA.
+_CROP_2_SALT, _FLIP_SALT, _EDA_SALT = 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +92,8 @@ class Pipeline:
       shuffle_buffer: block size of the block shuffle (records held in memory).
       cycle_length: shards read round-robin at once.
       chunk_size: examples handed from Python to tf.data at a time.
+      declip_views: (training, with text) add DeCLIP's second image view
+        "images_2" and EDA caption "tokens_aug" to every batch (see the module docstring).
     """
 
     def __init__(
@@ -114,6 +124,7 @@ class Pipeline:
         shuffle_buffer: int = 10_000,
         cycle_length: int = 8,
         chunk_size: int = 64,
+        declip_views: bool = False,
     ):
         if process_index is None or process_count is None:
             import jax
@@ -121,6 +132,8 @@ class Pipeline:
             process_index, process_count = jax.process_index(), jax.process_count()
         if training and num_captions != 1:
             raise ValueError("training samples one caption per example: num_captions must be 1")
+        if declip_views and not (training and text):
+            raise ValueError("declip_views adds training views of images and captions: needs training=True, text=True")
         self.num_streams = num_streams or process_count
         self.streams = local_streams(self.num_streams, process_index, process_count)
         if batch_size % len(self.streams):
@@ -140,6 +153,7 @@ class Pipeline:
         self.sources = self.stream_sources[self.streams[0]]
         self.weights = [w for _, w in mixture]
         self.batch_size, self.num_captions, self.chunk_size = batch_size, num_captions, chunk_size
+        self.declip_views = declip_views
         self.epochs = epochs if epochs is not None or training else 1
         self.augment = Augment(image_size, tuple(crop_scale), tuple(crop_ratio))
         self._normalize = preprocess.Normalizer(mean, std)
@@ -250,41 +264,62 @@ class Pipeline:
             tf.TensorSpec([None], tf.int64),
             tf.TensorSpec([None, self.layout.size], tf.int64),
         )
-        crop_key = hash64(self.read.seed, stream_index) >> 1  # a non-negative int64
         ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
         ds = ds.map(lambda image, texts, count, label, m, st: dict(
             image=image, texts=texts, count=count, label=label, m=m, state=st))
         ds = ds.interleave(
-            lambda e: self._decode_one(crop_key, e),
+            lambda e: self._decode_one(stream_index, e),
             cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
         )
         ds = ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), self._count_failures)
         ds = ds.filter(lambda e: e["ok"])
         ds = ds.batch(self.batch_size // len(self.streams), drop_remainder=self.read.training)
-        return ds.map(self._finish_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        finish = functools.partial(self._finish_batch, stream_index)
+        return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def iterator(self, state: dict[str, Any] | None = None) -> DataIterator:
         """A resumable iterator of host-local numpy batches."""
         return DataIterator(self, state)
 
-    def _decode_one(self, crop_key: int, element: dict[str, tf.Tensor]) -> tf.data.Dataset:
+    def _decode_one(self, stream_index: int, element: dict[str, tf.Tensor]) -> tf.data.Dataset:
         """One example as a one-element dataset: decoded (ok=True), or a blank with ok=False.
 
-        The random crop's seed is (crop_key, m): a function of the seed, the stream and the example.
+        The random crop's seed is (crop key, m): a function of the seed, the stream and the example.
+        With declip_views, "image_2" holds the second view (`_second_view`);
+        a failure to decode either view drops the example.
         """
         a = self.augment
-        seed = tf.stack([tf.constant(crop_key, tf.int64), element["m"]])
+        seed = tf.stack([tf.constant(_stream_key(self.read.seed, stream_index), tf.int64), element["m"]])
+        blank_image = tf.zeros([a.image_size] * 2 + [3])
 
         def decode(e: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             if self.read.training:
                 image = preprocess.random_resized_crop(e["image"], seed, a.image_size, a.crop_scale, a.crop_ratio)
             else:
                 image = preprocess.resize_center_crop(e["image"], a.image_size)
-            return {**e, "image": image, "ok": tf.constant(True)}
+            views = {}
+            if self.declip_views:
+                views["image_2"] = self._second_view(stream_index, e["image"], e["m"])
+            return {**e, "image": image, **views, "ok": tf.constant(True)}
 
-        blank = {**element, "image": tf.zeros([a.image_size] * 2 + [3]), "ok": tf.constant(False)}
+        views = {"image_2": blank_image} if self.declip_views else {}
+        blank = {**element, "image": blank_image, **views, "ok": tf.constant(False)}
         decoded = tf.data.Dataset.from_tensors(element).map(decode).ignore_errors()
         return decoded.concatenate(tf.data.Dataset.from_tensors(blank)).take(1)
+
+    def _second_view(self, stream_index: int, data: tf.Tensor, m: tf.Tensor) -> tf.Tensor:
+        """DeCLIP's second view of encoded bytes: float32 pixel values [S, S, 3].
+
+        A random resized crop with the first one's ranges and a random
+        horizontal flip, each seeded by (its own key of the seed and stream, m).
+        The crop decodes the bytes again (JPEGs only inside its window).
+        """
+        a = self.augment
+        crop_key, flip_key = (_stream_key(self.read.seed, stream_index, salt) for salt in (_CROP_2_SALT, _FLIP_SALT))
+        image = preprocess.random_resized_crop(
+            data, tf.stack([tf.constant(crop_key, tf.int64), m]), a.image_size, a.crop_scale, a.crop_ratio
+        )
+        return tf.image.stateless_random_flip_left_right(image, tf.stack([tf.constant(flip_key, tf.int64), m]))
 
     def _count_failures(
         self, counts: tuple[tf.Tensor, tf.Tensor], e: dict[str, tf.Tensor]
@@ -304,11 +339,30 @@ class Pipeline:
         tokens = self.tokenizer([t.decode("utf-8") for t in texts.reshape(-1)])
         return np.asarray(tokens, np.int32).reshape(*texts.shape, self.context_length)
 
-    def _finish_batch(self, e: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    def _tokenize_with_eda(
+        self, stream_index: int, texts: np.ndarray, m: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Training captions bytes [B, 1] of examples m int64 [B] -> their tokens [B, 1, L], their EDA's [B, L]."""
+        captions = [t.decode("utf-8") for t in texts[:, 0]]
+        seed = self.read.seed
+        augmented = [augmented_caption(c, seed, stream_index, int(i)) for c, i in zip(captions, m, strict=True)]
+        tokens = np.asarray(self.tokenizer(captions + augmented), np.int32)
+        return tokens[: len(captions), None], tokens[len(captions) :]
+
+    def _finish_batch(
+        self, stream_index: int, e: dict[str, tf.Tensor]
+    ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         """Tokenizes, pads evaluation batches to full size, and splits off the resume metadata."""
         batch = {"images": e["image"]}  # pixel values; normalized below, at the final batch shape
         if self.tokenizer is not None:
-            tokens = tf.numpy_function(self._tokenize, [e["texts"]], tf.int32, stateful=False)
+            if self.declip_views:
+                tokens, tokens_aug = tf.numpy_function(
+                    functools.partial(self._tokenize_with_eda, stream_index), [e["texts"], e["m"]],
+                    (tf.int32, tf.int32), stateful=False,
+                )
+                batch["tokens_aug"] = tf.ensure_shape(tokens_aug, [None, self.context_length])
+            else:
+                tokens = tf.numpy_function(self._tokenize, [e["texts"]], tf.int32, stateful=False)
             tokens = tf.ensure_shape(tokens, [None, self.num_captions, self.context_length])
             if self.num_captions == 1:
                 batch["tokens"] = tokens[:, 0]
@@ -323,7 +377,19 @@ class Pipeline:
             batch["mask"] = tf.ones([n], tf.bool)
             batch = {k: _pad(v, self.batch_size // len(self.streams)) for k, v in batch.items()}
         batch["images"] = self._normalize(batch["images"])
+        if self.declip_views:
+            batch["images_2"] = self._normalize(e["image_2"])
         return batch, meta
+
+
+def augmented_caption(caption: str, seed: int, stream_index: int, m: int) -> str:
+    """Example m's caption in a stream as "tokens_aug" holds it: `eda.augment_caption` seeded by (seed, stream, m)."""
+    return eda.augment_caption(caption, rng(seed, stream_index, _EDA_SALT, m), eda.load_synonyms())
+
+
+def _stream_key(seed: int, stream_index: int, *salt: int) -> int:
+    """A non-negative int64 key of (seed, stream, salt) for per-example TF seeds (key, m)."""
+    return hash64(seed, stream_index, *salt) >> 1
 
 
 def stack_metas(metas: Sequence[dict[str, tf.Tensor]]) -> dict[str, tf.Tensor]:

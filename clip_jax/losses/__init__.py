@@ -15,10 +15,18 @@ gradients equal to the unsharded ones.
     sigmoid_loss(image_embeds, text_embeds, logit_scale, logit_bias, axis_name=None, *, impl, block_size)
     clip_lite_loss(image_embeds, text_embeds, logit_scale, axis_name=None)
     contrastive_metrics(image_embeds, text_embeds, logit_scale, logit_bias=None, axis_name=None, *, block_size)
+
+DeCLIP's terms (clip_jax.losses.declip): simsiam_loss, mask_tokens, masked_lm_sums, masked_lm_loss,
+image_to_text_loss, multi_view_loss, nearest_neighbours, nearest_neighbour_loss.
 """
 from clip_jax.losses.clip_lite import clip_lite_loss
 from clip_jax.losses.infonce import clip_loss
 from clip_jax.losses.metrics import contrastive_metrics
 from clip_jax.losses.sigmoid import sigmoid_loss
+from clip_jax.losses.declip import (image_to_text_loss, mask_tokens, masked_lm_loss, masked_lm_sums,
+                                    multi_view_loss, nearest_neighbour_loss, nearest_neighbours,
+                                    simsiam_loss)
 
 __all__ = ["clip_loss", "sigmoid_loss", "clip_lite_loss", "contrastive_metrics"]
+__all__ += ["simsiam_loss", "masked_lm_loss", "masked_lm_sums", "mask_tokens", "image_to_text_loss",
+            "multi_view_loss", "nearest_neighbours", "nearest_neighbour_loss"]

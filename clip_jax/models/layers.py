@@ -32,6 +32,22 @@ def param_with_axes(init: Initializer, axes: tuple[str | None, ...]) -> Initiali
     return nn.with_logical_partitioning(init, axes)
 
 
+def dense(
+    features: int, axes: tuple[str | None, str | None], name: str, dtype: Dtype,
+    use_bias: bool = True, kernel_init: Initializer | None = None,
+) -> nn.Dense:
+    """A torch-initialised Linear (float32 parameters, `dtype` compute) whose kernel carries logical `axes`."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=param_with_axes(kernel_init or torch_default_kernel(), axes),
+        bias_init=param_with_axes(nn.initializers.zeros, (axes[1],)),
+        name=name,
+    )
+
+
 def quick_gelu(x: jax.Array) -> jax.Array:
     """OpenAI's activation: x * sigmoid(1.702 x)."""
     return x * jax.nn.sigmoid(1.702 * x)

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 
 from clip_jax.models.clip import CLIP
+from clip_jax.models.critic import Critic
+from clip_jax.models.declip_heads import DeclipHeads
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
@@ -52,6 +54,8 @@ class ModelSpec:
     dtype: Any = jnp.float32
     remat_policy: str = "none"
     scan_layers: bool = False
+    critic_dim: int | None = None  # CLIP-Lite's critic heads with this output width; None: no heads
+    declip_projection_dim: int | None = None  # DeCLIP's SimSiam and masked-LM heads; None: no heads
 
 
 def _spec(embed_dim: int, vision: VisionSpec, text_width: int, text_heads: int) -> ModelSpec:
@@ -150,7 +154,16 @@ def model_from_spec(spec: ModelSpec) -> CLIP:
         remat_policy=spec.remat_policy,
         scan_layers=spec.scan_layers,
     )
-    return CLIP(visual, text, init_logit_scale=spec.init_logit_scale, init_logit_bias=spec.init_logit_bias)
+    critics = {}
+    if spec.critic_dim is not None:
+        critics = {f"{tower}_critic": Critic(spec.critic_dim, dtype=spec.dtype) for tower in ("image", "text")}
+    heads = None
+    if spec.declip_projection_dim is not None:
+        heads = DeclipHeads(spec.declip_projection_dim, t.vocab_size, dtype=spec.dtype)
+    return CLIP(
+        visual, text, init_logit_scale=spec.init_logit_scale, init_logit_bias=spec.init_logit_bias, **critics,
+        heads=heads,
+    )
 
 
 def create_model(name: str, **overrides: Any) -> CLIP:
@@ -158,7 +171,9 @@ def create_model(name: str, **overrides: Any) -> CLIP:
 
     Top-level overrides: embed_dim, quick_gelu, init_logit_scale,
     init_logit_bias, dtype (compute; parameters stay float32), remat_policy
-    ('none' | 'full' | 'dots' | 'dots_no_batch'), scan_layers; `vision={...}`
+    ('none' | 'full' | 'dots' | 'dots_no_batch'), scan_layers, critic_dim
+    (CLIP-Lite's critic heads of that width on both towers),
+    declip_projection_dim (DeCLIP's training heads, `models.declip_heads`); `vision={...}`
     and `text={...}` override tower fields (e.g. text={'vocab_size': 32000}).
     """
     return model_from_spec(model_spec(name, **overrides))

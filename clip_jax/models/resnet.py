@@ -32,16 +32,22 @@ def conv(features: int, kernel: int, stride: int, dtype: Dtype, name: str) -> nn
     )
 
 
-def batch_norm(train: bool, dtype: Dtype, name: str, zero_init: bool = False) -> nn.BatchNorm:
-    """BatchNorm with torch's eps and momentum (running variance is the biased one)."""
+def batch_norm(
+    train: bool, dtype: Dtype, name: str, zero_init: bool = False, axis_name: str = "conv_out"
+) -> nn.BatchNorm:
+    """BatchNorm with torch's eps and momentum (running variance is the biased one).
+
+    Under a sharded jit the statistics are those of the whole global batch (synchronised BatchNorm).
+    `axis_name`: the logical axis of the normalised features.
+    """
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPS,
         dtype=dtype,
         param_dtype=jnp.float32,
-        scale_init=param_with_axes(nn.initializers.zeros if zero_init else nn.initializers.ones, ("conv_out",)),
-        bias_init=param_with_axes(nn.initializers.zeros, ("conv_out",)),
+        scale_init=param_with_axes(nn.initializers.zeros if zero_init else nn.initializers.ones, (axis_name,)),
+        bias_init=param_with_axes(nn.initializers.zeros, (axis_name,)),
         name=name,
     )
 

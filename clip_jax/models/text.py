@@ -16,6 +16,8 @@ class TextTransformer(nn.Module):
     tokens [B, L] int32 -> embeddings [B, output_dim] float32. `pool_type`
     picks the EOT position: 'argmax' of the ids (CLIP BPE, where EOT has the
     largest id) or 'last' non-pad token (pad id 0; SentencePiece vocabularies).
+    With return_sequence, also every position's feature after ln_final [B, L, width]
+    (DeCLIP's masked language modelling head reads them).
     """
 
     context_length: int
@@ -32,7 +34,7 @@ class TextTransformer(nn.Module):
     scan_layers: bool = False
 
     @nn.compact
-    def __call__(self, tokens: jax.Array) -> jax.Array:
+    def __call__(self, tokens: jax.Array, return_sequence: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
         if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
@@ -76,4 +78,5 @@ class TextTransformer(nn.Module):
             (self.width, self.output_dim),
             jnp.float32,
         )
-        return (pooled @ text_projection.astype(self.dtype)).astype(jnp.float32)
+        embeddings = (pooled @ text_projection.astype(self.dtype)).astype(jnp.float32)
+        return (embeddings, x) if return_sequence else embeddings

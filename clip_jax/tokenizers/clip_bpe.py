@@ -100,6 +100,7 @@ class ClipTokenizer:
     sot_token_id = 49406
     eot_token_id = 49407
     pad_id = 0
+    special_ids = (pad_id, sot_token_id, eot_token_id)  # ids that frame a caption rather than say something
 
     def __init__(self, context_length: int = 77):
         if context_length < 1:

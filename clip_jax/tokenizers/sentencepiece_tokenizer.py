@@ -37,6 +37,8 @@ class SentencePieceTokenizer:
             raise ValueError(f"{model_file!r} has no EOS piece; train it with an eos_id")
         self.eos_id = self._sp.eos_id()
         self.vocab_size = self._sp.vocab_size()
+        # ids that frame a text rather than say something: pad, EOS and the model's other control pieces
+        self.special_ids = tuple(i for i in range(self.vocab_size) if i == self.pad_id or self._sp.is_control(i))
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, without EOS or padding."""
