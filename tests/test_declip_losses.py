@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
+from test_losses import numeric_grad
 from clip_jax.losses import (clip_loss, image_to_text_loss, mask_tokens, masked_lm_loss, masked_lm_sums,
                              multi_view_loss, nearest_neighbour_loss, nearest_neighbours, simsiam_loss)
 
@@ -50,17 +51,6 @@ def assert_close(value, grads, ref_value, ref_grads):
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=2e-6)
-
-
-def numeric_grad(f, v, eps=1e-6):
-    """Central finite differences of the scalar f at the float64 array v."""
-    grad = np.zeros_like(v)
-    for idx in np.ndindex(v.shape):
-        up, down = v.copy(), v.copy()
-        up[idx] += eps
-        down[idx] -= eps
-        grad[idx] = (f(up) - f(down)) / (2 * eps)
-    return grad
 
 
 def unit(a):

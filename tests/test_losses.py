@@ -105,6 +105,17 @@ REFERENCES = {
 }
 
 
+def numeric_grad(f, v, eps=1e-6):
+    """Central finite differences of the scalar f at the float64 array v."""
+    grad = np.zeros_like(v)
+    for idx in np.ndindex(v.shape):
+        up, down = v.copy(), v.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        grad[idx] = (f(up) - f(down)) / (2 * eps)
+    return grad
+
+
 def loss_fn(name, impl, block_size):
     """A uniform (x, y, t, b, axis_name) -> loss for each loss and form."""
     if name == "clip":
@@ -160,21 +171,11 @@ def test_reference_gradients_match_finite_differences(name):
     x, y = (a.astype(np.float64) for a in embeddings(6, 4, seed=3))
     ref = REFERENCES[name]
     _, dx, dy, dt, db = ref(x, y, SCALE, BIAS)
-    eps = 1e-6
 
-    def numeric(f, v):
-        grad = np.zeros_like(v)
-        for idx in np.ndindex(v.shape):
-            up, down = v.copy(), v.copy()
-            up[idx] += eps
-            down[idx] -= eps
-            grad[idx] = (f(up) - f(down)) / (2 * eps)
-        return grad
-
-    np.testing.assert_allclose(dx, numeric(lambda v: ref(v, y, SCALE, BIAS)[0], x), rtol=1e-5, atol=1e-8)
-    np.testing.assert_allclose(dy, numeric(lambda v: ref(x, v, SCALE, BIAS)[0], y), rtol=1e-5, atol=1e-8)
-    np.testing.assert_allclose(dt, numeric(lambda v: ref(x, y, v[()], BIAS)[0], np.array(SCALE)), rtol=1e-5)
-    np.testing.assert_allclose(db, numeric(lambda v: ref(x, y, SCALE, v[()])[0], np.array(BIAS)),
+    np.testing.assert_allclose(dx, numeric_grad(lambda v: ref(v, y, SCALE, BIAS)[0], x), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(dy, numeric_grad(lambda v: ref(x, v, SCALE, BIAS)[0], y), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(dt, numeric_grad(lambda v: ref(x, y, v[()], BIAS)[0], np.array(SCALE)), rtol=1e-5)
+    np.testing.assert_allclose(db, numeric_grad(lambda v: ref(x, y, SCALE, v[()])[0], np.array(BIAS)),
                                rtol=1e-5, atol=1e-8)
 
 

@@ -38,6 +38,7 @@ def get_config():
     config.total_steps = {STEPS}
     config.optimizer.warmup_steps = 3
     config.loss_block_size = 1  # blockwise: two tiles per device of 2 pairs, around a ring of 8 devices
+    config.clip_lite.critic_dim = 0  # the loss on the towers' embeddings; critics: test_recipes, test_train_step
     config.checkpoint_every_steps = {STEPS}
     config.log_every_steps = 1
     config.evals = ml_collections.ConfigDict()

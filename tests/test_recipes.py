@@ -1,7 +1,7 @@
 """Each seed method's recipe through `python -m clip_jax.main` on the built-in `shapes` data.
 
-For SigLIP, CLIP-Lite, DeCLIP, FLIP and LiT: the tiny model (configs/tiny.py) trains 200 steps of batch
-64, its loss falls, and zero-shot colour naming (6 colours, chance 1/6) of 500 fresh images beats chance
+For SigLIP, CLIP-Lite, DeCLIP, FLIP and LiT: the tiny model (configs/tiny.py) trains 120 steps (SigLIP
+200) of batch 64, its loss falls, and zero-shot colour naming (6 colours, chance 1/6) of 200 fresh images beats chance
 by far; the figures are in the README's "Recipes" table. The objectives' own state (CLIP-Lite's critic
 BatchNorm statistics, DeCLIP's text queue) survives SIGKILL and resume bit for bit.
 """
@@ -20,22 +20,30 @@ from clip_jax.weights import load_variables
 from test_train_loop import REPO, main_command, run_main
 
 RECIPES = {
-    "siglip": "config.loss = 'siglip'\n",
+    # SigLIP's bias init -10 is for batches of thousands; at batch 64 the tiny model sits at the loss of
+    # tied logits (bias + scale * cos = -log 63 for every pair, all embeddings alike) for 200 steps and more
+    # (zero-shot 0.18). Starting the bias near -log(N - 1) = -4.1, that tie's optimum, it leaves the tie
+    # between steps 50 and 100 (measured) and learns; at 120 steps, with the learning rate decaying sooner,
+    # it is still tied at the end.
+    "siglip": "config.loss = 'siglip'\nconfig.init_logit_bias = -4.0\nconfig.total_steps = 200\n"
+              "config.optimizer.warmup_steps = 20\nconfig.log_every_steps = 50\n"
+              "config.checkpoint_every_steps = 200\nconfig.evals.color.every_steps = 200\n",
     "clip_lite": "config.loss = 'clip_lite'\nconfig.clip_lite.critic_dim = 128\n",
     "declip": "config.loss = 'declip'\nconfig.declip.projection_dim = 128\nconfig.declip.queue_size = 1024\n"
               "config.declip.mlm_max_predictions = 4\n",  # 15% of captions of ~10 tokens
-    "flip": "config.flip.mask_ratio = 0.5\nconfig.flip.unmasked_steps = 40\n",
-    # LiT: the text tower from scratch against the image tower of the SigLIP run, locked
-    "lit": "config.lit.lock_image = True\nconfig.lit.init_image_from = {siglip!r}\n",
+    "flip": "config.flip.mask_ratio = 0.5\nconfig.flip.unmasked_steps = 24\n",
+    # LiT: the text tower from scratch against the image tower of the FLIP run, locked
+    "lit": "config.lit.lock_image = True\nconfig.lit.init_image_from = {flip!r}\n",
 }
 
 COLOUR_NAMING = """\
-config.total_steps = 200
-config.optimizer.warmup_steps = 20
-config.checkpoint_every_steps = 200
+config.total_steps = 120
+config.optimizer.warmup_steps = 12
+config.checkpoint_every_steps = 120
+config.log_every_steps = 30
 config.evals = ml_collections.ConfigDict({
     'color': dict(type='zeroshot', classnames=classnames('color'), templates=list(TEMPLATES),
-                  data='shapes:val#size=32&n=500&label=color', every_steps=200),
+                  data='shapes:val#size=32&n=200&label=color', every_steps=120),
 })
 """
 
@@ -53,14 +61,14 @@ def write_config(path, body: str) -> str:
 
 @pytest.fixture(scope="module")
 def recipe_runs(tmp_path_factory):
-    """name -> workdir of the recipe's 200-step run, run on first use (LiT's needs SigLIP's)."""
+    """name -> workdir of the recipe's 120-step run, run on first use (LiT's needs FLIP's)."""
     runs = {}
 
     def run(name):
         if name not in runs:
             directory = tmp_path_factory.mktemp(name)
-            siglip = run("siglip") if name == "lit" else None
-            body = RECIPES[name].format(siglip=siglip) + COLOUR_NAMING
+            flip = run("flip") if name == "lit" else None
+            body = COLOUR_NAMING + RECIPES[name].format(flip=flip)
             run_main(write_config(directory / "config.py", body), str(directory / "run"))
             runs[name] = str(directory / "run")
         return runs[name]
@@ -70,8 +78,8 @@ def recipe_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_recipe_learns_and_beats_chance_at_zero_shot(recipe_runs, name):
-    """The loss falls and zero-shot colour naming on 500 fresh images is far above chance (1/6): 0.5 is
-    20 standard deviations of a chance-level accuracy over 500 images (sqrt(1/6 * 5/6 / 500) = 0.017)."""
+    """The loss falls and zero-shot colour naming on 200 fresh images is far above chance (1/6): 0.5 is
+    13 standard deviations of a chance-level accuracy over 200 images (sqrt(1/6 * 5/6 / 200) = 0.026)."""
     records = [json.loads(line) for line in open(os.path.join(recipe_runs(name), "metrics.jsonl"))]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 4 and max(losses[-2:]) < losses[0], losses

@@ -20,13 +20,15 @@ DeCLIP's terms (clip_jax.losses.declip): simsiam_loss, mask_tokens, masked_lm_su
 image_to_text_loss, multi_view_loss, nearest_neighbours, nearest_neighbour_loss.
 """
 from clip_jax.losses.clip_lite import clip_lite_loss
-from clip_jax.losses.infonce import clip_loss
-from clip_jax.losses.metrics import contrastive_metrics
-from clip_jax.losses.sigmoid import sigmoid_loss
 from clip_jax.losses.declip import (image_to_text_loss, mask_tokens, masked_lm_loss, masked_lm_sums,
                                     multi_view_loss, nearest_neighbour_loss, nearest_neighbours,
                                     simsiam_loss)
+from clip_jax.losses.infonce import clip_loss
+from clip_jax.losses.metrics import contrastive_metrics
+from clip_jax.losses.sigmoid import sigmoid_loss
 
-__all__ = ["clip_loss", "sigmoid_loss", "clip_lite_loss", "contrastive_metrics"]
-__all__ += ["simsiam_loss", "masked_lm_loss", "masked_lm_sums", "mask_tokens", "image_to_text_loss",
-            "multi_view_loss", "nearest_neighbours", "nearest_neighbour_loss"]
+__all__ = [
+    "clip_loss", "sigmoid_loss", "clip_lite_loss", "contrastive_metrics",
+    "simsiam_loss", "masked_lm_loss", "masked_lm_sums", "mask_tokens", "image_to_text_loss",
+    "multi_view_loss", "nearest_neighbours", "nearest_neighbour_loss",
+]
