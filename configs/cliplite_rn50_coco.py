@@ -27,7 +27,7 @@ tower by transfer (linear probes on PASCAL VOC07 and ImageNet, fine-tuning);
 this recipe logs COCO 5k image-text retrieval (Karpathy test split) and has
 not been run to completion here. On the built-in `shapes` data (README,
 "Recipes") the same loss and critics train the tiny model through
-clip_jax.main in tests/test_clip_lite.py.
+clip_jax.main in tests/test_recipes.py.
 """
 import ml_collections
 

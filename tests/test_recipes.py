@@ -26,8 +26,8 @@ RECIPES = {
     # between steps 50 and 100 (measured) and learns; at 120 steps, with the learning rate decaying sooner,
     # it is still tied at the end.
     "siglip": "config.loss = 'siglip'\nconfig.init_logit_bias = -4.0\nconfig.total_steps = 200\n"
-              "config.optimizer.warmup_steps = 20\nconfig.log_every_steps = 50\n"
-              "config.checkpoint_every_steps = 200\nconfig.evals.color.every_steps = 200\n",
+              "config.optimizer.warmup_steps = 20\nconfig.checkpoint_every_steps = 200\n"
+              "config.evals.color.every_steps = 200\n",
     "clip_lite": "config.loss = 'clip_lite'\nconfig.clip_lite.critic_dim = 128\n",
     "declip": "config.loss = 'declip'\nconfig.declip.projection_dim = 128\nconfig.declip.queue_size = 1024\n"
               "config.declip.mlm_max_predictions = 4\n",  # 15% of captions of ~10 tokens
@@ -40,7 +40,7 @@ COLOUR_NAMING = """\
 config.total_steps = 120
 config.optimizer.warmup_steps = 12
 config.checkpoint_every_steps = 120
-config.log_every_steps = 30
+config.log_every_steps = 10
 config.evals = ml_collections.ConfigDict({
     'color': dict(type='zeroshot', classnames=classnames('color'), templates=list(TEMPLATES),
                   data='shapes:val#size=32&n=200&label=color', every_steps=120),
@@ -81,8 +81,8 @@ def test_recipe_learns_and_beats_chance_at_zero_shot(recipe_runs, name):
     """The loss falls and zero-shot colour naming on 200 fresh images is far above chance (1/6): 0.5 is
     13 standard deviations of a chance-level accuracy over 200 images (sqrt(1/6 * 5/6 / 200) = 0.026)."""
     records = [json.loads(line) for line in open(os.path.join(recipe_runs(name), "metrics.jsonl"))]
-    losses = [r["loss"] for r in records if "loss" in r]
-    assert len(losses) == 4 and max(losses[-2:]) < losses[0], losses
+    losses = [r["loss"] for r in records if "loss" in r]  # every 10 steps
+    assert len(losses) >= 12 and np.mean(losses[-3:]) < losses[0], losses
     (accuracy,) = [r["color/top1"] for r in records if "color/top1" in r]
     assert accuracy > 0.5, accuracy
 
