@@ -261,8 +261,10 @@ def text_queue(workdir, step):
 
     handlers = {"train": ocp.StandardCheckpointHandler()}
     with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_handlers=handlers) as manager:
-        train = manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore()))["train"]
-    return np.asarray(jax.device_get(train["extra"]["text_queue"]))
+        # host arrays shaped as saved: the checkpoint's 2-process layout is not this process's
+        target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), manager.item_metadata(step)["train"])
+        train = manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore(target)))["train"]
+    return np.asarray(train["extra"]["text_queue"])
 
 
 def test_declip_queue_across_hosts_resumes_on_one_process(config_file, tmp_path):
