@@ -69,9 +69,13 @@ class Contrastive:
         tokens = ((self.config.batch_size, length), jnp.int32)
         return {name: images if name.startswith("images") else tokens for name in self.batch_fields}
 
+    def one_example_batch(self) -> Arrays:
+        """Zeros shaped as one example of every batch field: what init traces the model with."""
+        return {name: jnp.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in self.batch_shapes().items()}
+
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         """The model's variables ({'params', maybe 'batch_stats'}, boxed with logical axes) from a one-example batch."""
-        dummy = {name: jnp.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in self.batch_shapes().items()}
+        dummy = self.one_example_batch()
         return self.model.init(rng, dummy["images"], dummy["tokens"])
 
     def init_extra(self) -> Arrays:

@@ -81,7 +81,7 @@ class Declip(Contrastive):
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         """The towers', scalars' and DeCLIP heads' variables from a one-example batch."""
-        dummy = {name: jnp.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in self.batch_shapes().items()}
+        dummy = self.one_example_batch()
         k = self.config.declip.mlm_max_predictions
         dummy.update(
             mlm_tokens=dummy["tokens"], mlm_positions=jnp.zeros((1, k), jnp.int32),
