@@ -50,8 +50,7 @@ def _load_init_weights(
     a part the weights lack (KEPT_WHEN_ABSENT: CLIP weights for a SigLIP or CLIP-Lite run) keeps its initial value.
     `field` names the config field in errors and logs.
     """
-    run_checkpoints = paths.resolve(path) / "checkpoints"
-    variables, _ = weights.load_variables(run_checkpoints if run_checkpoints.is_dir() else path)
+    variables, _ = weights.load_variables(path)
     current = _only({k: state[k] for k in ("params", "batch_stats")}, tower)
     variables = _only({k: variables.get(k, {}) for k in ("params", "batch_stats")}, tower)
     for collection, tree in current.items():  # e.g. CLIP weights for a SigLIP or CLIP-Lite run

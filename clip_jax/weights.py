@@ -33,10 +33,14 @@ def save_variables(
 def load_variables(directory: epath.PathLike, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables as host numpy arrays, metadata) from the newest (or given) step in `directory`.
 
-    Works whatever devices or processes wrote the checkpoint: arrays come back
-    whole, on the host, for any topology.
+    `directory` is a weights directory (`save_variables`, import_weights) or a
+    training run's workdir (its `checkpoints/`). Works whatever devices or
+    processes wrote the checkpoint: arrays come back whole, on the host, for
+    any topology.
     """
     directory = paths.resolve(directory)
+    if (directory / "checkpoints").is_dir():
+        directory = directory / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {directory}")
     handlers = {
@@ -58,7 +62,7 @@ def load_variables(directory: epath.PathLike, step: int | None = None) -> tuple[
 
 
 def load_model(directory: epath.PathLike, **overrides: Any) -> tuple[CLIP, dict[str, Any]]:
-    """(model, variables) from a directory written by `save_variables` (e.g. by import_weights).
+    """(model, variables) from a weights directory (import_weights) or a training run's workdir.
 
     overrides (dtype, remat_policy, ...) are applied on top of the saved ones.
     """
