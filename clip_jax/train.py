@@ -94,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mask_ratio = flip.mask_ratio_at(config, latest or 0)  # FLIP: the ratio of the first step this run takes
     compiled = train_step.compile_training(model, config, mesh, rng, mask_ratio)
     step_fn = compiled.step
-    metadata = {"model": config.model, "overrides": overrides, "seed": config.seed}
+    metadata = {"model": config.model, "overrides": overrides, "tokenizer": config.data.tokenizer, "seed": config.seed}
     if latest is not None:
         state = checkpointer.restore(latest, compiled.abstract_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)

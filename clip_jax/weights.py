@@ -67,5 +67,9 @@ def load_model(directory: epath.PathLike, **overrides: Any) -> tuple[CLIP, dict[
     overrides (dtype, remat_policy, ...) are applied on top of the saved ones.
     """
     variables, metadata = load_variables(directory)
-    model = create_model(metadata["model"], **{**metadata.get("overrides", {}), **overrides})
-    return model, variables
+    return model_from_metadata(metadata, **overrides), variables
+
+
+def model_from_metadata(metadata: dict[str, Any], **overrides: Any) -> CLIP:
+    """The module a checkpoint's metadata names ("model", "overrides"), with `overrides` on top."""
+    return create_model(metadata["model"], **{**metadata.get("overrides", {}), **overrides})
