@@ -1,13 +1,21 @@
-"""Import OpenAI / open_clip PyTorch weights into clip_jax variables.
+"""OpenAI / open_clip PyTorch weights to clip_jax variables and back.
 
 `from_torch_state_dict(state_dict, model)` walks the parameters the model
 expects, finds each one's PyTorch tensor by name, converts its layout
 (Linear (out, in) -> (in, out) with heads split, conv OIHW -> HWIO, q/k/v
 from the stacked `in_proj_weight`), checks its shape and reports every
 missing and unexpected key by its PyTorch name.
+
+`to_torch_state_dict(variables, model)` is its exact inverse on the same name
+mapping: the keys, shapes and buffers of open_clip's state dict of the same
+architecture (`open_clip_name` says which), for plain or scanned layouts.
+Training-only parts open_clip has no place for (CLIP-Lite's critic heads,
+DeCLIP's heads and its mask-token row of the vocabulary) are left out with a
+warning.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from typing import Any, Mapping
@@ -16,13 +24,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import DTypeLike
 
 from clip_jax.models.clip import CLIP
+from clip_jax.models.declip_heads import DeclipHeads
+from clip_jax.models.registry import MODEL_SPECS, ModelSpec, model_spec
 
 # Entries of OpenAI's JIT archives and torch buffers that carry no parameters.
 _IGNORED_KEYS = re.compile(r"(^|\.)(input_resolution|context_length|vocab_size|num_batches_tracked|attn_mask)$")
 _OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
+# Top-level parts of a clip_jax model that open_clip's CLIP has no place for (training-only heads).
+_NOT_EXPORTED = ("image_critic", "text_critic", "heads")
 
 
 class ConversionError(ValueError):
@@ -185,3 +198,132 @@ def from_torch_state_dict(
         raise ConversionError("state dict does not fit the model:\n  " + "\n  ".join(problems))
     scanned = getattr(model.text, "scan_layers", False)
     return {k: stack_layers(v) if scanned else v for k, v in variables.items()}
+
+
+def _leaves(tree: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+    """{path of dict keys: leaf} of a nested mapping."""
+    return {tuple(p.key for p in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _host(x: Any) -> Any:
+    """A C-contiguous numpy array; tracers (under jax.eval_shape) pass through."""
+    return x if isinstance(x, jax.core.Tracer) else np.asarray(x, order="C")
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    """Concatenates along the first axis, numpy arrays with numpy and tracers with jax.numpy."""
+    return (jnp if isinstance(parts[0], jax.core.Tracer) else np).concatenate(parts)
+
+
+def _torch_layout(path: tuple[str, ...], value: Any) -> Any:
+    """A flax leaf in PyTorch's layout, q/k/v still apart: the inverse of `_convert_leaf`.
+
+    conv kernel HWIO -> OIHW; Linear kernel (in, out) -> (out, in), where an
+    attention kernel is first flattened to (in, out): [D, H, Dh] -> (D, H*Dh),
+    out [H, Dh, D] -> (H*Dh, D); in-projection bias [H, Dh] -> (H*Dh,).
+    """
+    if path[-1] == "kernel" and value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    if path[-1] == "kernel":
+        split = value.ndim - 1 if path[-2] == "out" else 1
+        return value.reshape(int(np.prod(value.shape[:split])), -1).T
+    if path[-1] == "bias" and value.ndim == 2:
+        return value.reshape(-1)
+    return value
+
+
+def _check_fits(variables: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Raises ConversionError naming every missing, unexpected or mis-shaped variable (unstacked layout)."""
+    have = {"/".join(p): tuple(x.shape) for p, x in _leaves(variables).items()}
+    want = {"/".join(p): tuple(x.shape) for p, x in _leaves(expected).items()}
+    problems = []
+    if missing := sorted(set(want) - set(have)):
+        problems.append(f"missing variables: {missing}")
+    if unexpected := sorted(set(have) - set(want)):
+        problems.append(f"unexpected variables: {unexpected}")
+    shared = sorted(set(have) & set(want))
+    problems += [f"{p}: shape {have[p]}, model expects {want[p]}" for p in shared if have[p] != want[p]]
+    if problems:
+        raise ConversionError("variables do not fit the model:\n  " + "\n  ".join(problems))
+
+
+def _without(variables: Mapping[str, Any], parts: tuple[str, ...]) -> dict[str, Any]:
+    """variables less the top-level entries `parts` of every collection."""
+    return {c: {k: v for k, v in tree.items() if k not in parts} for c, tree in variables.items()}
+
+
+def _warn_left_out(model: CLIP, parts: list[str]) -> None:
+    """Names what the export leaves out: training-only heads and DeCLIP's mask-token row."""
+    if isinstance(model.heads, DeclipHeads):
+        parts = [*parts, "token_embedding's last row (DeCLIP's mask token, which real text never holds)"]
+    if not parts:
+        return
+    note = ""
+    if {"image_critic", "text_critic"} & set(parts):
+        note = "; encode_image / encode_text of the exported model are the towers' outputs, before the critic heads"
+    warnings.warn(
+        f"left out of the open_clip state dict, which has no place for them: {', '.join(parts)}{note}", stacklevel=3
+    )
+
+
+def to_torch_state_dict(
+    variables: Mapping[str, Any], model: CLIP, dtype: DTypeLike | None = np.float32
+) -> dict[str, np.ndarray]:
+    """open_clip's state dict of `model`'s architecture holding `variables`: the inverse of `from_torch_state_dict`.
+
+    variables: {'params', maybe 'batch_stats'} in the plain or the scanned
+    (stacked `resblocks`) layout, numpy or jax arrays of any float dtype.
+    Returns PyTorch names -> numpy arrays cast to `dtype` (None: as they are),
+    plus each BatchNorm's `num_batches_tracked` (int64 0, clip_jax keeps no
+    count), with exactly the keys and shapes of `open_clip.create_model(
+    open_clip_name(...)).state_dict()`. open_clip's attention mask is not
+    persistent and OpenAI's metadata entries are left out. CLIP-Lite's critic
+    heads and DeCLIP's heads (with the mask-token row that DeCLIP adds to the
+    vocabulary) are left out with a warning. Traceable: under jax.eval_shape
+    it gives the shapes without arrays. Raises ConversionError naming every
+    variable that does not fit the model.
+    """
+    variables = {k: unstack_layers(jax.tree.map(_host, v)) for k, v in nn.meta.unbox(dict(variables)).items()}
+    left_out = sorted({path[1] for path in _leaves(variables) if path[1] in _NOT_EXPORTED})
+    variables = _without(variables, _NOT_EXPORTED)
+    _check_fits(variables, _without(_expected_variables(model), _NOT_EXPORTED))
+    state_dict: dict[str, Any] = {}
+    for (collection, *path), value in _leaves(variables).items():
+        key, qkv = _torch_name(tuple(path))
+        value = _torch_layout(tuple(path), value if dtype is None else value.astype(dtype))
+        if qkv is None:
+            state_dict[key] = value
+        else:  # q, k, v stacked on the first axis, in this order
+            state_dict.setdefault(key, [None] * 3)[qkv] = value
+        if collection == "batch_stats" and path[-1] == "mean":
+            state_dict[f"{key.rsplit('.', 1)[0]}.num_batches_tracked"] = np.zeros((), np.int64)
+    state_dict = {k: _host(_concatenate(v) if isinstance(v, list) else v) for k, v in state_dict.items()}
+    if isinstance(model.heads, DeclipHeads):
+        state_dict["token_embedding.weight"] = state_dict["token_embedding.weight"][:-1]
+    _warn_left_out(model, left_out)
+    return state_dict
+
+
+def _open_clip_architecture(spec: ModelSpec) -> ModelSpec:
+    """`spec` less what changes no tensor of open_clip's state dict: compute dtype, remat, scan,
+    initial values, the heads left out of exports (and DeCLIP's mask-token row)."""
+    mask_row = int(spec.declip_projection_dim is not None)
+    return dataclasses.replace(
+        spec,
+        text=dataclasses.replace(spec.text, vocab_size=spec.text.vocab_size - mask_row),
+        dtype=jnp.float32, remat_policy="none", scan_layers=False, init_logit_scale=0.0, init_logit_bias=None,
+        critic_dim=None, declip_projection_dim=None,
+    )
+
+
+def open_clip_name(name: str, overrides: Mapping[str, Any] | None = None) -> str | None:
+    """The open_clip model name whose state dict `create_model(name, **overrides)` exports to; None: none has it.
+
+    open_clip has every OpenAI architecture under clip_jax's name, plain and
+    '-quickgelu' (the registry's twice-registered names); the small test
+    sizes have no open_clip name (build open_clip.model.CLIP of the same sizes).
+    A model with a logit bias needs `init_logit_bias=` in open_clip.create_model.
+    """
+    target = _open_clip_architecture(model_spec(name, **dict(overrides or {})))
+    candidates = [n for n in MODEL_SPECS if n.endswith("-quickgelu") or f"{n}-quickgelu" in MODEL_SPECS]
+    return next((n for n in candidates if _open_clip_architecture(MODEL_SPECS[n]) == target), None)

@@ -7,7 +7,9 @@ Reads OpenAI's JIT archives, plain state dicts and open_clip training
 checkpoints ({'state_dict': ...}, 'module.' prefixes) from .pt / .bin (torch
 is imported only for these), .safetensors (needs the safetensors package)
 or .npz files. The output loads with `clip_jax.weights.load_model(DIR)` or
-`--config.init_from=DIR` in training.
+`--config.init_from=DIR` in training; `python -m clip_jax.export_weights DIR
+out.safetensors` writes such a directory (or a run's workdir) back out as an
+open_clip state dict.
 """
 from __future__ import annotations
 
