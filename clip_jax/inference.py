@@ -141,24 +141,37 @@ def load(
 ) -> Pretrained:
     """A model ready for inference, from wherever its weights are.
 
+    name_or_path, model, seed and overrides: as `load_weights`.
+    dtype: the towers' compute dtype; None: `default_dtype()`.
+    batch_size: the largest batch an encoder runs at once.
+    """
+    clip_model, variables, metadata = load_weights(
+        name_or_path, model=model, seed=seed, dtype=dtype or default_dtype(), **overrides
+    )
+    tokenizer = get_tokenizer(metadata.get("tokenizer", "clip"), clip_model.text.context_length)
+    preprocess = ImagePreprocess(clip_model.visual.image_size)
+    return Pretrained(clip_model, jax.device_put(variables), preprocess, tokenizer, batch_size)
+
+
+def load_weights(
+    name_or_path: str, *, model: str | None = None, seed: int = 0, **overrides: Any
+) -> tuple[CLIP, dict[str, Any], dict[str, Any]]:
+    """(model, variables as host arrays, metadata) from wherever the weights are.
+
     name_or_path:
       a training run's workdir (its newest checkpoint) or a weights directory
         (`python -m clip_jax.import_weights`): the model rebuilds itself from
-        the checkpoint's metadata;
+        the checkpoint's metadata ("model", "overrides", "tokenizer");
       a PyTorch/open_clip checkpoint file (.pt, .bin, .safetensors, .npz):
         converted on the fly; `model` names the clip_jax model it holds;
       a model name (clip_jax.list_models()): random weights from `seed`,
         for trying the API out.
-    dtype: the towers' compute dtype; None: `default_dtype()`.
-    batch_size: the largest batch an encoder runs at once.
     overrides: create_model overrides on top of the saved ones.
     """
-    overrides = {"dtype": dtype or default_dtype(), **overrides}
-    metadata: dict[str, Any] = {}
     if paths.resolve(name_or_path).is_dir():
         variables, metadata = weights.load_variables(name_or_path)
-        clip_model = weights.model_from_metadata(metadata, **overrides)
-    elif name_or_path.endswith(_TORCH_FILES):
+        return weights.model_from_metadata(metadata, **overrides), variables, metadata
+    if name_or_path.endswith(_TORCH_FILES):
         if model is None:
             raise ValueError(f"load({name_or_path!r}): a PyTorch checkpoint file needs model=NAME (e.g. 'ViT-B-32')")
         from clip_jax.import_weights import read_state_dict  # reads torch's formats; torch only for .pt/.bin
@@ -167,13 +180,10 @@ def load(
         clip_model = create_model(model, **overrides)
         origin = "openai" if is_openai_state_dict(state_dict) else None
         variables = from_torch_state_dict(state_dict, clip_model, origin=origin)
-    else:
-        clip_model = create_model(name_or_path, **overrides)  # a ValueError names the known models
-        log.warning("load(%r): a model name, so random weights (seed %d)", name_or_path, seed)
-        variables = _random_variables(clip_model, seed)
-    tokenizer = get_tokenizer(metadata.get("tokenizer", "clip"), clip_model.text.context_length)
-    preprocess = ImagePreprocess(clip_model.visual.image_size)
-    return Pretrained(clip_model, jax.device_put(variables), preprocess, tokenizer, batch_size)
+        return clip_model, variables, {"model": model, "overrides": overrides, "source": name_or_path}
+    clip_model = create_model(name_or_path, **overrides)  # a ValueError names the known models
+    log.warning("load(%r): a model name, so random weights (seed %d)", name_or_path, seed)
+    return clip_model, _random_variables(clip_model, seed), {"model": name_or_path, "overrides": overrides}
 
 
 def _random_variables(model: CLIP, seed: int) -> dict[str, Any]:

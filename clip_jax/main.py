@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from clip_jax import multihost
+from clip_jax.cli import initialize_distributed, setup_logging
 from clip_jax.config import ConfigError, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
@@ -31,45 +32,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (local or gs://...): checkpoints, TensorBoard events, metrics.jsonl. "
     "Default: runs/<config file name>."
 )
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-process run.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-_HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout_seconds", 100, "Multi-process runs: a process silent this long ends the job."
-)
 flags.mark_flags_as_required(["config"])
-
-
-def _multi_host_environment() -> bool:
-    """True under a multi-task SLURM job or on a multi-host TPU slice, where jax auto-detects its peers."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return True
-    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-
-
-def initialize_distributed() -> None:
-    """jax.distributed.initialize where the run spans processes; a no-op on one machine."""
-    if _COORDINATOR.value or _NUM_PROCESSES.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-            heartbeat_timeout_seconds=_HEARTBEAT.value,
-        )
-    elif _multi_host_environment():
-        jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
 def default_workdir(config_path: str) -> str:
     """runs/<config file name without .py>."""
     return os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
-
-
-class _LibraryChatter(logging.Filter):
-    """Drops INFO lines of checkpointing internals (Orbax logs every file it writes)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def main(argv: list[str]) -> None:
@@ -80,9 +48,7 @@ def main(argv: list[str]) -> None:
         validate(config)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    logging.getLogger().setLevel(logging.INFO)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_LibraryChatter())
+    setup_logging()
     initialize_distributed()
     from clip_jax.train import train_and_evaluate  # after jax.distributed: it queries devices
 

@@ -31,7 +31,7 @@ clip_jax.main in tests/test_recipes.py.
 """
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -53,5 +53,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 5000
     config.evals = ml_collections.ConfigDict({
         "coco_retrieval": dict(type="retrieval", data="tfds:coco_captions:test", num_captions=5, every_steps=10_000),
+        "imagenet": imagenet_zeroshot_eval(every_steps=10_000),  # skipped until imagenet2012 is prepared
     })
     return config

@@ -21,7 +21,7 @@ image tokens), so expect numbers near, not equal to, the paper's.
 """
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 BATCH_SIZE = 32_768
 SAMPLES_SEEN = 10_000 * 1_281_167  # FLIP counts 10,000 "ImageNet epochs" ~= 32 epochs of LAION-400M
@@ -42,4 +42,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.2
     config.flip.mask_ratio = 0.5
     config.flip.unmasked_steps = 3_900
+    config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared
     return config

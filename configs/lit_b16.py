@@ -31,7 +31,7 @@ import math
 
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -49,4 +49,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.eps = 1e-8
     config.optimizer.weight_decay = 1e-2
     config.optimizer.grad_clip_norm = 1.0
+    config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared
     return config

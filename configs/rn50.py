@@ -11,7 +11,7 @@ RN50: 59.8%); on CC12M alone (--config.total_steps=11_000) open_clip reports 36%
 """
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,4 +21,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.eps = 1e-8
     config.data.train = "wds:/data/laion400m/{00000..41407}.tar"
     config.total_steps = 390_000
+    config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared
     return config

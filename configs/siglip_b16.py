@@ -16,7 +16,7 @@ CLIP ViT-B/16's 67% (configs/vit_b16.py); not yet measured here.
 """
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,4 +29,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 1e-4
     config.optimizer.b2 = 0.95
+    config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared
     return config

@@ -9,7 +9,7 @@ r"""CLIP ViT-B/16 with OpenAI's recipe (as configs/vit_b32.py: AdamW lr 5e-4, be
 """
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,4 +17,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "ViT-B-16"
     config.data.train = "wds:/data/laion400m/{00000..41407}.tar"
     config.total_steps = 390_000
+    config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared
     return config

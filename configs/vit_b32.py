@@ -10,7 +10,7 @@ top-1 on ImageNet (OpenAI's WIT-400M: 63.2%; open_clip on LAION-400M: 62.9%).
 """
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -18,4 +18,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "ViT-B-32"
     config.data.train = "wds:/data/laion400m/{00000..41407}.tar"
     config.total_steps = 390_000
+    config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared
     return config

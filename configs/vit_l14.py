@@ -11,7 +11,7 @@ transformer blocks rematerialised to fit the per-device batch.
 """
 import ml_collections
 
-from clip_jax.config import default_config
+from clip_jax.config import default_config, imagenet_zeroshot_eval
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -23,4 +23,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.scan_layers = True
     config.data.train = "wds:/data/laion2b/{000000..231349}.tar"
     config.total_steps = 390_000
+    config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared
     return config

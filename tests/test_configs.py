@@ -61,7 +61,9 @@ def test_validation_names_the_bad_field(field, value, message):
 def test_validation_checks_evals():
     config = default_config()
     config.evals = {"imagenet": {"type": "zeroshot", "data": "tfds:imagenet2012:validation", "every_steps": 10}}
-    with pytest.raises(ValueError, match="config.evals.imagenet.classnames"):
+    validate(config)  # class names shipped for imagenet2012 (clip_jax.evaluation.benchmarks)
+    config.evals = {"mine": {"type": "zeroshot", "data": "tfds:my_dataset:test", "every_steps": 10}}
+    with pytest.raises(ValueError, match="config.evals.mine.classnames: .*'tfds:my_dataset:test' has no shipped"):
         validate(config)
     config.evals = {"probe": {"type": "linear_probe", "data": "tfds:cifar10:test", "every_steps": 10}}
     with pytest.raises(ValueError, match="config.evals.probe.train_data"):

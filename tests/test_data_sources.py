@@ -39,11 +39,14 @@ def test_parse_source_kinds_splits_and_options():
     assert (s.kind, s.target, s.split) == ("tfds", "coco_captions/2017:1.1.0", "val")
     assert s.options == {"caption_key": "captions/text"}
     assert spec.parse_source("tfds:cifar10").split is None
+    assert spec.parse_source("tfds:cifar10:train[45000:]").split == "train[45000:]"  # slices may hold colons
+    assert spec.parse_source("tfds:cifar10:3.0.2:train[:10%]").target == "cifar10:3.0.2"
     w = spec.parse_source("wds:/d/{00000..00002}.tar#image_key=jpg;webp")
     assert (w.kind, w.target, w.options["image_key"]) == ("wds", "/d/{00000..00002}.tar", "jpg;webp")
     assert spec.parse_source("shapes:eval#n=10&size=32").split == "eval"
     assert spec.parse_source("shapes").split is None
-    for bad, match in [("laion:/x", "unknown kind"), ("wds:", "needs a path"), ("csv:/a.csv#n=3", "bad option")]:
+    for bad, match in [("laion:/x", "unknown kind"), ("wds:", "needs a path"), ("csv:/a.csv#n=3", "bad option"),
+                       ("tfds:a:b:c", "tfds:NAME"), ("tfds::test", "tfds:NAME")]:
         with pytest.raises(ValueError, match=match):
             spec.parse_source(bad)
 

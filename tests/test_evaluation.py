@@ -1,4 +1,4 @@
-"""Evaluation: templates, zero-shot, retrieval, linear probe and the batch-running glue.
+"""Evaluation: templates, zero-shot, retrieval and the batch-running glue (the linear probe: test_linear_probe.py).
 
 Metrics are checked against independent NumPy computations (argsort-based
 top-k and recall) and hand-built embeddings whose answers are known.
@@ -212,28 +212,6 @@ def test_retrieval_validation():
         evaluation.retrieval_metrics(embeds, embeds, np.array([0, 1]))
 
 
-# ---------------------------------------------------------------- linear probe
-
-
-def _clusters(rng, labels, dim, spread):
-    centers = rng.normal(size=(labels.max() + 1, dim)) * 4
-    return centers[labels] + spread * rng.normal(size=(len(labels), dim))
-
-
-def test_linear_probe_separable_and_random_labels():
-    rng = np.random.default_rng(5)
-    labels = rng.integers(0, 6, 500)
-    features = _clusters(rng, labels, 24, 1.0)
-    separable = evaluation.linear_probe(features[:300], labels[:300], features[300:], labels[300:])
-    assert separable == {"top1": 1.0}
-
-    random_labels = rng.integers(0, 6, 500)
-    chance = evaluation.linear_probe(features[:300], random_labels[:300], features[300:], random_labels[300:])
-    assert abs(chance["top1"] - 1 / 6) < 0.08
-    again = evaluation.linear_probe(features[:300], random_labels[:300], features[300:], random_labels[300:])
-    assert again == chance
-
-
 # ---------------------------------------------------------------- glue, fake encoders
 
 
@@ -358,7 +336,21 @@ def test_run_eval_linear_probe_tiny_model(tiny):
         batches=_image_batches(test, test_labels, 8),
         train_batches=_image_batches(train, train_labels, 8),
     )
-    assert set(metrics) == {"top1"} and 0 <= metrics["top1"] <= 1
+    assert set(metrics) == {"top1", "val_top1", "l2"} and 0 <= metrics["top1"] <= 1
+
+    val, val_labels = _random_images(rng, 10), rng.integers(0, 2, 10)
+    with_val = evaluation.run_eval(
+        "linear_probe",
+        **tiny,
+        batches=_image_batches(test, test_labels, 8),
+        train_batches=_image_batches(train, train_labels, 8),
+        val_batches=_image_batches(val, val_labels, 8),
+    )
+    encode = lambda x: _direct(tiny["encode_image"], x, 8)  # noqa: E731
+    expected = evaluation.linear_probe(
+        encode(train), train_labels, encode(test), test_labels, val_features=encode(val), val_labels=val_labels
+    )
+    assert with_val == expected
 
 
 def test_run_eval_errors(tiny):

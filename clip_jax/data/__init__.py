@@ -13,7 +13,9 @@ from clip_jax.data.iterator import DataIterator
 from clip_jax.data.pipeline import Pipeline, make_dataset, make_iterator, merge_states
 from clip_jax.data.preprocess import OPENAI_MEAN, OPENAI_STD
 from clip_jax.data.records import ERROR_KINDS, NoValidDataError
+from clip_jax.data.sources import num_records
 from clip_jax.data.spec import parse_source
+from clip_jax.data.tfds_source import DatasetNotFoundError
 from clip_jax.sharding import batch_sharding
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
     "DataIterator",
+    "DatasetNotFoundError",
     "DevicePrefetcher",
     "NoValidDataError",
     "Pipeline",
@@ -29,5 +32,6 @@ __all__ = [
     "make_global_batch",
     "make_iterator",
     "merge_states",
+    "num_records",
     "parse_source",
 ]

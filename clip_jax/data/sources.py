@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from clip_jax.data import csvfile, shapes, tfds_source, tfrecord, wds
 from clip_jax.data.order import Cursor, block_shuffle, epoch_order, round_robin, round_robin_start
 from clip_jax.data.records import Example, Fields, Item, NoValidDataError, split_alternatives
-from clip_jax.data.spec import SourceSpec, list_files
+from clip_jax.data.spec import SourceSpec, list_files, parse_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +182,26 @@ def make_source(spec: SourceSpec, index: int, opts: ReadOptions) -> Source:
         return TfdsSource(spec, reader, opts, key)
     config = shapes.ShapesConfig.from_spec(spec)
     return IndexSource(spec, config.n, functools.partial(shapes.example, config), opts, key)
+
+
+def num_records(text: str) -> int | None:
+    """How many records one source string holds: CSV rows, a TFDS split, shapes' n; None for shards or unknown.
+
+    For progress lines only: nothing is decoded, and a source that cannot be
+    opened gives None (reading it raises the error that names the problem).
+    """
+    spec = parse_source(text)
+    try:
+        if spec.kind == "csv":
+            opts = ReadOptions(training=False, seed=0, stream_index=0, num_streams=1)
+            return len(csvfile.load_rows(spec, _fields(spec, csvfile.DEFAULT_FIELDS, opts)))
+        if spec.kind == "tfds":
+            return tfds_source.split_size(spec.target, spec.split or "train", spec.options.get("data_dir"))
+        if spec.kind == "shapes":
+            return shapes.ShapesConfig.from_spec(spec).n
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def stream(source: Source, cursor: Cursor | None, epochs: int | None) -> Iterator[tuple[Item, Cursor]]:

@@ -70,9 +70,10 @@ def parse_source(text: str) -> SourceSpec:
         parts = rest.split(":")
         if parts[1:] and _VERSION.match(parts[1]):
             parts = [parts[0] + ":" + parts[1], *parts[2:]]
-        if not parts[0] or len(parts) > 2:
+        split = ":".join(parts[1:]) or None  # a slice may hold colons: "train[45000:]"
+        if not parts[0] or (split is not None and ":" in split.split("[")[0]):
             raise ValueError(f"data source {text!r}: expected tfds:NAME[:SPLIT]")
-        rest, split = parts[0], (parts[1] if len(parts) == 2 else None)
+        rest = parts[0]
     elif kind == "shapes":
         rest, split = "", (rest or None)
     elif not rest:

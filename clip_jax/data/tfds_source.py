@@ -5,6 +5,9 @@ An epoch's order comes from TFDS's file shuffling with a per-epoch seed;
 restarting at record k re-reads and drops k records (without decoding their
 images). Nested features are addressed with "/", e.g. COCO captions'
 `captions/text`, which yields the list of an image's captions.
+
+Nothing is downloaded at run time: a dataset must be prepared in the data dir
+beforehand (`tfds build NAME`), else DatasetNotFoundError says how.
 """
 from __future__ import annotations
 
@@ -17,6 +20,31 @@ from clip_jax.data.order import hash64
 from clip_jax.data.records import Fields, Item, make_item
 
 DEFAULT_FIELDS = {"image_key": "image", "caption_key": "caption;captions/text;text", "label_key": "label"}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A TFDS dataset that is not prepared in the data dir; the message says how to prepare it."""
+
+
+def _not_prepared_message(builder: Any, source_text: str) -> str:
+    """One line naming the dataset, the data dir looked in and how to prepare it (manual downloads too)."""
+    name, root = builder.name, str(builder.data_dir_root)
+    if builder.builder_config is not None:
+        name = f"{name}/{builder.builder_config.name}"
+    build = f"`tfds build {name} --data_dir={root}`"
+    build += f" (or tfds.builder({name!r}, data_dir={root!r}).download_and_prepare())"
+    manual = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    if manual:
+        how = (
+            f"it needs a manual download: put its files into the TFDS manual_dir {root}/downloads/manual/ "
+            f"({' '.join(manual.split())}), then run {build}"
+        )
+    else:
+        how = f"prepare it once with {build}"
+    return (
+        f"data source {source_text!r}: TFDS dataset {name!r} is not prepared in {root!r} "
+        f"(looked for {builder.data_dir}); {how}, or point #data_dir= at a prepared copy"
+    )
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -45,6 +73,17 @@ def _feature_paths(features: Any, prefix: str = "") -> list[str]:
     return paths
 
 
+def split_size(name: str, split: str, data_dir: str | None) -> int | None:
+    """Records in a prepared dataset's split (slices such as "train[:10%]" included); None when not prepared."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+        return builder.info.splits[split].num_examples if builder.is_prepared() else None
+    except (tfds.core.registered.DatasetNotFoundError, KeyError, ValueError):
+        return None
+
+
 class TfdsReader:
     """This process's share of one TFDS split, as Items in a seeded order per epoch."""
 
@@ -64,14 +103,11 @@ class TfdsReader:
         import tensorflow_datasets as tfds
 
         try:
-            self._builder = tfds.builder(name, data_dir=data_dir)
+            self._builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
         except tfds.core.registered.DatasetNotFoundError:
             raise FileNotFoundError(f"data source {source_text!r}: TFDS knows no dataset {name!r}") from None
         if not self._builder.is_prepared():
-            raise FileNotFoundError(
-                f"data source {source_text!r}: TFDS dataset {name!r} is not prepared in {self._builder.data_dir!r}; "
-                f"prepare it with `tfds build {name}` (manual downloads: `--manual_dir`), or set #data_dir="
-            )
+            raise DatasetNotFoundError(_not_prepared_message(self._builder, source_text))
         splits = self._builder.info.splits
         if split.split("[")[0] not in splits:
             raise ValueError(f"data source {source_text!r}: no split {split!r}; available: {sorted(splits)}")

@@ -85,6 +85,7 @@ def run_eval(
     classnames: Sequence[str] | None = None,
     templates: str | Sequence[str] | None = None,
     train_batches: Iterable[Batch] | None = None,
+    val_batches: Iterable[Batch] | None = None,
 ) -> dict[str, float]:
     """One evaluation of a model given as its two encoders; metric name -> value.
 
@@ -95,8 +96,10 @@ def run_eval(
       'retrieval': caption rows ("images", "tokens", "image_ids") or image rows
         ("images", "tokens" [B, K, L], "caption_mask"); see embed_retrieval.
         -> i2t_R@{1,5,10}, t2i_R@{1,5,10}.
-      'linear_probe': train_batches and batches of "images" and "labels".
-        -> top1.
+      'linear_probe': train_batches and batches of "images" and "labels",
+        optionally val_batches (else a seeded 20% of the train rows) to choose
+        the L2 strength by CLIP's search; refitted on train + val and scored
+        on batches (see linear_probe). -> top1, val_top1, l2.
     """
     if eval_type == "zeroshot":
         if not classnames:
@@ -114,8 +117,10 @@ def run_eval(
             raise ValueError("A 'linear_probe' eval needs train_batches")
         train_embeds, train_labels = embed_images(encode_image, train_batches)
         test_embeds, test_labels = embed_images(encode_image, batches)
+        val_embeds, val_labels = embed_images(encode_image, val_batches) if val_batches is not None else (None, None)
         return linear_probe(
-            train_embeds, _labels(train_labels, eval_type), test_embeds, _labels(test_labels, eval_type)
+            train_embeds, _labels(train_labels, eval_type), test_embeds, _labels(test_labels, eval_type),
+            val_features=val_embeds, val_labels=None if val_embeds is None else _labels(val_labels, eval_type),
         )
     raise ValueError(f"Unknown eval type {eval_type!r}: expected one of {EVAL_TYPES}")
 

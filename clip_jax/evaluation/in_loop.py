@@ -43,7 +43,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from clip_jax import data
 from clip_jax.evaluation.batching import Encoder, pad_rows
+from clip_jax.evaluation.benchmarks import benchmark, find_benchmark
 from clip_jax.evaluation.evaluator import run_eval
+from clip_jax.evaluation.progress import Progress
 from clip_jax.models import CLIP
 from clip_jax.tokenizers import get_tokenizer
 
@@ -143,11 +145,14 @@ def canonical_order(rows: Batch) -> np.ndarray:
     return np.argsort(keys.view(np.dtype((np.void, keys.shape[1]))).ravel(), kind="stable")
 
 
-def embed_shares(encoders: Encoders, variables: dict[str, Any], batches: Iterable[Batch]) -> Batch:
+def embed_shares(
+    encoders: Encoders, variables: dict[str, Any], batches: Iterable[Batch], progress: Progress | None = None
+) -> Batch:
     """Embeds every process's share of an eval set in lockstep; all rows on every process.
 
     batches: this process's pipeline batches, each [b, ...] with "mask" [b]
       (b * process_count rows must split over the batch shards).
+    progress: told the rows done (this process's times the process count) and, at the end, the exact total.
 
     Returns:
       one batch of the whole set without padding, in canonical order:
@@ -162,11 +167,15 @@ def embed_shares(encoders: Encoders, variables: dict[str, Any], batches: Iterabl
         embeds, anyone_more = encoders.embed(variables, data.make_global_batch(inputs, sharding))
         embeds = multihost_utils.global_array_to_host_local_array(embeds, sharding.mesh, sharding.spec)
         local.append({**{k: batch[k] for k in _ROW_FIELDS if k in batch}, **jax.tree.map(np.asarray, embeds)})
+        if progress is not None:
+            progress.update(int(batch["mask"].sum()) * jax.process_count())
         if not anyone_more:
             break
     rows = multihost_utils.process_allgather({k: np.concatenate([b[k] for b in local]) for k in local[0]}, tiled=True)
     mask = rows.pop("mask")
     rows = {k: v[mask] for k, v in rows.items()}
+    if progress is not None:
+        progress.close(done=int(mask.sum()))
     order = canonical_order(rows)
     return {k: v[order] for k, v in rows.items()}
 
@@ -191,12 +200,25 @@ def _embedded(rows: np.ndarray) -> np.ndarray:
     return rows
 
 
+def zeroshot_texts(spec: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """A zero-shot spec's (classnames, templates); each one not given comes from the shipped metadata of
+    its data source where there is some (evaluation.benchmarks), e.g. for data="tfds:cifar10:test"."""
+    classnames, templates = spec.get("classnames"), spec.get("templates")
+    if spec.type != "zeroshot" or (classnames and templates):
+        return classnames, templates
+    known = find_benchmark(spec.data) if classnames else benchmark(spec.data)  # no class names: must be known
+    if known is None:
+        return classnames, templates
+    return classnames or known.classnames, templates or known.templates
+
+
 @dataclasses.dataclass
 class EvalTask:
-    """One entry of config.evals with what it needs to run."""
+    """One entry of config.evals with what it needs to run; `skipped`: an optional eval whose data is missing."""
 
     name: str
     spec: ml_collections.ConfigDict
+    skipped: bool = False
 
     def pipeline(
         self, config: ml_collections.ConfigDict, image_size: int, source: str, labels: bool, batch_size: int
@@ -217,15 +239,23 @@ class EvalTask:
         )
 
     def evaluate(
-        self, config: ml_collections.ConfigDict, image_size: int, variables: dict[str, Any], encoders: Encoders
+        self, config: ml_collections.ConfigDict, image_size: int, variables: dict[str, Any], encoders: Encoders,
+        progress: bool = False,
     ) -> dict[str, float]:
-        """The task's metrics over its whole eval set; every process must call it, and all get the same."""
+        """The task's metrics over its whole eval set; every process must call it, and all get the same.
+
+        progress: process 0 shows a progress line per data source on stderr.
+        """
         spec = self.spec
         batch_size = local_batch_size(spec.get("batch_size", 256), encoders.shards, jax.process_count())
 
         def embedded(source: str, labels: bool) -> list[Batch]:
             batches = self.pipeline(config, image_size, source, labels, batch_size).iterator()
-            return [embed_shares(encoders, variables, batches)]
+            name = self.name if source == spec.data else f"{self.name} ({source})"
+            shown = Progress(name, data.num_records(source)) if progress and jax.process_index() == 0 else None
+            return [embed_shares(encoders, variables, batches, shown)]
+
+        classnames, templates = zeroshot_texts(spec)
 
         return run_eval(
             spec.type,
@@ -233,9 +263,12 @@ class EvalTask:
             encode_text=_embedded if spec.type == "retrieval" else prompt_encoder(encoders, variables),
             tokenizer=get_tokenizer(config.data.tokenizer, config.data.context_length),
             batches=embedded(spec.data, labels=spec.type != "retrieval"),
-            classnames=spec.get("classnames"),
-            templates=spec.get("templates"),
+            classnames=classnames,
+            templates=templates,
             train_batches=embedded(spec.train_data, labels=True) if spec.type == "linear_probe" else None,
+            val_batches=(
+                embedded(spec.val_data, labels=True) if spec.type == "linear_probe" and spec.get("val_data") else None
+            ),
         )
 
 
@@ -243,13 +276,24 @@ def run_evals(
     tasks: list[EvalTask], step: int, config: ml_collections.ConfigDict, image_size: int, variables: dict[str, Any],
     encoders: Encoders, force: bool = False,
 ) -> dict[str, float]:
-    """Runs the evals due at `step` (all of them when `force`) on every process; metrics as '<name>/<metric>'."""
+    """Runs the evals due at `step` (all of them when `force`) on every process; metrics as '<name>/<metric>'.
+
+    An eval with `optional=True` whose data is missing (a TFDS dataset not prepared, files not there) is
+    skipped with one warning and not tried again in this run; any other eval's missing data raises.
+    """
     results: dict[str, float] = {}
     for task in tasks:
-        if not force and step % task.spec.every_steps:
+        if task.skipped or (not force and step % task.spec.every_steps):
             continue
         start = time.perf_counter()
-        metrics = task.evaluate(config, image_size, variables, encoders)
+        try:
+            metrics = task.evaluate(config, image_size, variables, encoders)
+        except FileNotFoundError as error:  # data.DatasetNotFoundError too: raised on all processes as data opens
+            if not task.spec.get("optional", False):
+                raise
+            task.skipped = True
+            log.warning("optional eval %s skipped for the rest of the run: %s", task.name, error)
+            continue
         results.update({f"{task.name}/{k}": v for k, v in metrics.items()})
         log.info("eval %s at step %d: %s (%.1f s)", task.name, step, metrics, time.perf_counter() - start)
     return results
