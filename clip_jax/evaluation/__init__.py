@@ -16,6 +16,7 @@ its share of an eval set; it imports the data pipeline, so not from here.
 """
 from clip_jax.evaluation.batching import BatchedEncoder
 from clip_jax.evaluation.benchmarks import Benchmark, UnknownBenchmarkError, benchmark, find_benchmark, list_benchmarks
+from clip_jax.evaluation.captioning import bleu, captioning_metrics, cider, tokenize_caption
 from clip_jax.evaluation.evaluator import EVAL_TYPES, embed_images, embed_retrieval, embed_texts, run_eval
 from clip_jax.evaluation.linear_probe import linear_probe
 from clip_jax.evaluation.ranking import positive_ranks, recall_at_k
@@ -32,6 +33,9 @@ __all__ = [
     "Benchmark",
     "UnknownBenchmarkError",
     "benchmark",
+    "bleu",
+    "captioning_metrics",
+    "cider",
     "embed_images",
     "embed_retrieval",
     "embed_texts",
@@ -43,6 +47,7 @@ __all__ = [
     "recall_at_k",
     "retrieval_metrics",
     "run_eval",
+    "tokenize_caption",
     "zeroshot_classifier",
     "zeroshot_metrics",
 ]
