@@ -14,11 +14,16 @@ import ml_collections
 from ml_collections import config_dict
 
 from clip_jax.evaluation import EVAL_TYPES, find_benchmark, list_benchmarks
+from clip_jax.lm.model import LMConfig
+from clip_jax.lm.registry import list_lms
 from clip_jax.models import CLIP, list_models
 from clip_jax.models.registry import MODEL_SPECS
 from clip_jax.models.layers import REMAT_POLICIES
 
-LOSSES = ("clip", "siglip", "clip_lite", "declip")
+LOSSES = ("clip", "siglip", "clip_lite", "declip", "causal_lm", "limber")
+LM_LOSSES = ("causal_lm", "limber")  # next-token losses on captions (clip_jax.objectives.causal_lm, .limber)
+LIMBER_PREFIXES = ("grid", "pooled")
+LM_TOKENIZERS = ("clip",)  # a caption LM needs the tokenizer's start token as its prompt (CLIP BPE's SOT)
 LOSS_IMPLS = ("all_gather", "blockwise")
 CLIP_LITE_NEGATIVES = ("shifted", "hardest")
 DTYPES = ("float32", "bfloat16")
@@ -44,8 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Extra create_model overrides, e.g. {'text': {'vocab_size': 32000}}.
     c.model_overrides = ml_collections.ConfigDict()
 
-    # "clip" (InfoNCE), "siglip" (pairwise sigmoid), "clip_lite" (one negative per pair) or "declip"
-    # (InfoNCE plus DeCLIP's self-, multi-view and nearest-neighbour supervision, config.declip)
+    # "clip" (InfoNCE), "siglip" (pairwise sigmoid), "clip_lite" (one negative per pair), "declip"
+    # (InfoNCE plus DeCLIP's self-, multi-view and nearest-neighbour supervision, config.declip),
+    # "causal_lm" (a caption language model alone, config.lm) or "limber" (LiMBeR: a linear map from a
+    # frozen image tower into a frozen caption LM, config.limber)
     c.loss = "clip"
     # How clip and siglip form the [N, N] logits of the global batch: "all_gather" ([n, N] per
     # device) or "blockwise" (a ring of [n, loss_block_size] tiles; memory flat in N). clip_lite
@@ -78,6 +85,28 @@ def default_config() -> ml_collections.ConfigDict:
         mlm_rate=0.15,
         mlm_max_predictions=16,
     ))
+
+    # The causal language model (clip_jax.lm) of loss="causal_lm" (trained from scratch on the captions) and
+    # of loss="limber" (frozen; the architecture of the run limber.lm_from names). name: a clip_jax.lm name
+    # (clip_jax.lm.list_lms(): "gpt2", "gpt-j-6b", "gpt2-tiny", ...); overrides: LMConfig fields on top,
+    # e.g. {'width': 128, 'layers': 2, 'max_positions': 64}. vocab_size defaults to the tokenizer's
+    # (data.tokenizer; set, it must be at least that); dtype and remat_policy come from config.dtype and
+    # config.remat_policy. Learned positions ("gpt2" layouts) must cover every position the LM reads:
+    # data.context_length - 1 caption tokens, after limber's k prefix vectors. Rotary positions (GPT-J
+    # layouts, as the paper's LM) are relative: a caption LM trained on captions alone then meets its
+    # captions shifted by k positions at no cost, which learned positions cannot offer.
+    c.lm = ml_collections.ConfigDict(dict(name="gpt2-tiny", overrides=ml_collections.ConfigDict()))
+    # LiMBeR (Merullo et al. 2023), used with loss="limber" (clip_jax.objectives.limber): only a linear map
+    # from image features to k soft-prompt vectors in the LM's input space trains; the image tower
+    # (config.model, with config.model_overrides' `vision` fields) and the LM (config.lm) are frozen.
+    # image_from: the CLIP weights (clip_jax.import_weights directory) or CLIP run workdir whose 'visual'
+    #   tower is loaded; lm_from: the caption LM's run workdir (loss="causal_lm") or an imported LM's
+    #   weights directory (clip_jax.lm.import_weights); both required, both must fit config.model / config.lm.
+    # prefix: "grid" (the tower's spatial features [n, C] -> n vectors by one Dense: a ResNet's map before
+    #   attention pooling, a ViT's patch tokens after ln_post) or "pooled" (the tower's embedding [E] ->
+    #   num_prompts vectors by one Dense of num_prompts x width outputs).
+    # num_prompts: k of the pooled prefix (>= 1); for grid 0 (k is the grid's n) or n itself.
+    c.limber = ml_collections.ConfigDict(dict(image_from="", lm_from="", prefix="grid", num_prompts=0))
 
     c.batch_size = 32768  # global, over all devices and hosts
     c.num_microbatches = 1  # > 1: gradient accumulation keeping every negative of the batch
@@ -162,7 +191,9 @@ def _check(condition: bool, field: str, message: str) -> None:
 
 
 def locked_towers(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The top-level parameter subtrees that config.lit locks: 'visual' and/or 'text'."""
+    """The top-level parameter subtrees that config.lit locks: 'visual' and/or 'text' (LiMBeR: both, always)."""
+    if config.loss == "limber":
+        return ("visual", "text")
     return tuple(name for name, lock in (("visual", config.lit.lock_image), ("text", config.lit.lock_text)) if lock)
 
 
@@ -270,6 +301,43 @@ def _validate_declip(config: ml_collections.ConfigDict) -> None:
     _check(not locked_towers(config), "lit.lock_image", "DeCLIP trains both towers; unlock them or use another loss")
 
 
+def _validate_lm(config: ml_collections.ConfigDict) -> None:
+    """config.lm and config.limber for the next-token losses; none of the contrastive-only features with them."""
+    if config.loss not in LM_LOSSES:
+        return
+    _check(config.lm.name in list_lms(), "lm.name", f"unknown language model {config.lm.name!r}; one of {list_lms()}")
+    fields = {f.name for f in dataclasses.fields(LMConfig)}
+    unknown = sorted(set(config.lm.overrides.keys()) - fields)
+    _check(not unknown, "lm.overrides", f"unknown LMConfig field(s) {unknown}; valid: {sorted(fields)}")
+    for field in ("dtype", "remat_policy"):
+        _check(field not in config.lm.overrides, f"lm.overrides.{field}", f"set config.{field} instead")
+    _check(
+        config.data.tokenizer in LM_TOKENIZERS, "data.tokenizer",
+        f"{config.loss} needs a tokenizer whose captions start with a start token (one of {LM_TOKENIZERS})",
+    )
+    _check(config.data.context_length >= 2, "data.context_length", "a caption LM needs at least 2 tokens")
+    for field in ("init_logit_scale", "init_logit_bias"):
+        _check(config[field] is None, field, f"{config.loss} has no logit scale or bias; leave it None")
+    _check(config.flip.mask_ratio == 0, "flip.mask_ratio", f"FLIP's patch masking is not used by {config.loss}")
+    _check(not config.evals, "evals", f"the retrieval and zero-shot evals need a CLIP; {config.loss} has none")
+    lit = config.lit
+    _check(
+        not (lit.lock_image or lit.lock_text or lit.init_image_from), "lit",
+        f"{config.loss} does not use config.lit (LiMBeR always freezes both towers: config.limber)",
+    )
+    if config.loss != "limber":
+        return
+    limber = config.limber
+    _check(limber.prefix in LIMBER_PREFIXES, "limber.prefix", f"{limber.prefix!r} is not one of {LIMBER_PREFIXES}")
+    if limber.prefix == "pooled":
+        _check(limber.num_prompts >= 1, "limber.num_prompts", "a pooled prefix needs num_prompts >= 1")
+    else:
+        _check(limber.num_prompts >= 0, "limber.num_prompts", "must be 0 (the grid's size) or the grid's size")
+    _check(bool(limber.image_from), "limber.image_from", "LiMBeR's image tower is frozen: name CLIP weights or a run")
+    _check(bool(limber.lm_from), "limber.lm_from", "LiMBeR's LM is frozen: name a causal_lm run or LM weights")
+    _check(not config.init_from, "init_from", "LiMBeR loads its towers from config.limber.image_from and lm_from")
+
+
 def validate_batch_layout(config: ml_collections.ConfigDict, batch_shards: int) -> None:
     """The checks that need the number of devices the batch is split over (mesh data x fsdp)."""
     _check(
@@ -297,7 +365,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.loss_impl in LOSS_IMPLS, "loss_impl", f"{config.loss_impl!r} is not one of {LOSS_IMPLS}")
     _check(config.loss_block_size > 0, "loss_block_size", "must be positive")
     _check(config.max_logit_scale > 0, "max_logit_scale", "must be positive")
-    _validate_logit_init(config)
+    if config.loss not in LM_LOSSES:
+        _validate_logit_init(config)
     _validate_clip_lite(config)
     _validate_declip(config)
     _check(config.batch_size > 0, "batch_size", "must be positive")
@@ -324,6 +393,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.data.context_length > 0, "data.context_length", "must be positive")
     _check(config.data.num_streams >= 0, "data.num_streams", "must be >= 0 (0: one per process)")
     _validate_lit(config)
+    _validate_lm(config)
     _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
     _check(config.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
     _check(config.log_every_steps > 0, "log_every_steps", "must be positive")

@@ -42,6 +42,18 @@ class ConversionError(ValueError):
     """Raised when a state dict does not fit the model; the message names every bad key."""
 
 
+def raise_misfits(missing: list[str], unexpected: list[str], errors: list[str], what: str = "state dict") -> None:
+    """Raises ConversionError listing every missing and unexpected key and other error, if there are any."""
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {sorted(set(missing))}")
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    problems += errors
+    if problems:
+        raise ConversionError(f"{what} does not fit the model:\n  " + "\n  ".join(problems))
+
+
 def _torch_name(path: tuple[str, ...]) -> tuple[str, int | None]:
     """The PyTorch key holding a flax leaf, and the q/k/v slice of a stacked in-projection.
 
@@ -188,14 +200,7 @@ def from_torch_state_dict(
         for collection, tree in expected.items()
     }
     unexpected = sorted(k for k in state_dict if k not in consumed and not _IGNORED_KEYS.search(k))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {sorted(set(missing))}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    problems += errors
-    if problems:
-        raise ConversionError("state dict does not fit the model:\n  " + "\n  ".join(problems))
+    raise_misfits(missing, unexpected, errors)
     scanned = getattr(model.text, "scan_layers", False)
     return {k: stack_layers(v) if scanned else v for k, v in variables.items()}
 

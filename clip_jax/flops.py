@@ -28,7 +28,7 @@ def model_flops_per_step(
     recomputation. With FLIP's `mask_ratio` the image tower runs on the kept
     tokens only. Only traced and lowered, never compiled.
     """
-    plain = model.clone(visual=_unrolled(model.visual), text=_unrolled(model.text))
+    plain = model.clone(**{name: _unrolled(getattr(model, name)) for name in ("visual", "text") if hasattr(model, name)})
     plain_config = ml_collections.ConfigDict(config.to_dict())
     plain_config.num_microbatches = 1
     optimizer = optim.make_optimizer(plain_config)

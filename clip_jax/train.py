@@ -4,7 +4,8 @@
 
 Starts from the newest complete checkpoint in WORKDIR/checkpoints if there is
 one (state and data position: the run continues as if never stopped), else
-from `config.init_from` weights or a fresh initialisation. Saves every
+from `config.init_from` weights or a fresh initialisation (LiMBeR: its two
+frozen parts from config.limber.image_from and lm_from). Saves every
 `checkpoint_every_steps`, at the end, and when the process gets SIGTERM
 (preemption), then exits cleanly.
 """
@@ -24,13 +25,15 @@ from clip_jax import checkpointing, data, flip, flops, metric_logging, multihost
 from clip_jax.config import ConfigError, validate
 from clip_jax.convert import stack_layers, unstack_layers
 from clip_jax.evaluation.in_loop import EvalTask, make_encoders, run_evals
-from clip_jax.model_config import model_from_config
+from clip_jax.model_config import check_context_length, model_from_config, model_metadata
 
 log = logging.getLogger("clip_jax.train")
 
 # Top-level parameters that only some losses have: the loss's logit scalars, CLIP-Lite's critic heads,
 # DeCLIP's training heads.
 KEPT_WHEN_ABSENT = ("logit_scale", "logit_bias", "image_critic", "text_critic", "heads")
+# The image size a text-only run (loss "causal_lm") has the input pipeline decode to: its images are dropped.
+TEXT_ONLY_IMAGE_SIZE = 16
 
 
 def _only(collections: dict[str, Any], tower: str | None) -> dict[str, Any]:
@@ -45,12 +48,15 @@ def _load_init_weights(
 ) -> dict[str, Any]:
     """Replaces params (and batch_stats) with converted weights or another run's newest checkpoint.
 
-    With `tower` ('visual' or 'text') only that subtree is replaced and the rest keeps its values.
+    With `tower` ('visual' or 'text') only that subtree is replaced and the rest keeps its values; weights of
+    a bare language model (metadata kind "lm", clip_jax.lm.import_weights) are that 'text' tower whole.
     Layer stacks are converted between the scanned and the plain layout as the model needs;
     a part the weights lack (KEPT_WHEN_ABSENT: CLIP weights for a SigLIP or CLIP-Lite run) keeps its initial value.
     `field` names the config field in errors and logs.
     """
-    variables, _ = weights.load_variables(path)
+    variables, metadata = weights.load_variables(path)
+    if tower is not None and metadata.get("kind") == "lm":
+        variables = {k: {tower: v} for k, v in variables.items() if v}
     current = _only({k: state[k] for k in ("params", "batch_stats")}, tower)
     variables = _only({k: variables.get(k, {}) for k in ("params", "batch_stats")}, tower)
     for collection, tree in current.items():  # e.g. CLIP weights for a SigLIP or CLIP-Lite run
@@ -81,11 +87,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh)
     model, overrides = model_from_config(config)
-    image_size = model.visual.image_size
-    if config.data.context_length > model.text.context_length:
-        raise ValueError(
-            f"config.data.context_length {config.data.context_length} exceeds the model's {model.text.context_length}"
-        )
+    image_size = model.visual.image_size if hasattr(model, "visual") else TEXT_ONLY_IMAGE_SIZE
+    check_context_length(model, config)
     checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
     latest = checkpointer.latest_step()
     data_state = checkpointer.restore_data(latest) if latest is not None else None
@@ -94,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mask_ratio = flip.mask_ratio_at(config, latest or 0)  # FLIP: the ratio of the first step this run takes
     compiled = train_step.compile_training(model, config, mesh, rng, mask_ratio)
     step_fn = compiled.step
-    metadata = {"model": config.model, "overrides": overrides, "tokenizer": config.data.tokenizer, "seed": config.seed}
+    metadata = {**model_metadata(config, overrides), "tokenizer": config.data.tokenizer, "seed": config.seed}
     if latest is not None:
         state = checkpointer.restore(latest, compiled.abstract_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
@@ -105,6 +108,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state = _load_init_weights(config.init_from, state, shardings)
         if config.lit.init_image_from:
             state = _load_init_weights(config.lit.init_image_from, state, shardings, "visual", "lit.init_image_from")
+        if config.loss == "limber":  # the frozen parts; only the projection keeps its initialisation
+            state = _load_init_weights(config.limber.image_from, state, shardings, "visual", "limber.image_from")
+            state = _load_init_weights(config.limber.lm_from, state, shardings, "text", "limber.lm_from")
     batch_sharding = sharding.batch_sharding(mesh)
     batches = data.DevicePrefetcher(pipeline.iterator(data_state), batch_sharding)
 

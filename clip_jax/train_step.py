@@ -38,6 +38,8 @@ Batch = dict[str, jax.Array]
 
 def check_model_fits_loss(model: nn.Module, config: ml_collections.ConfigDict) -> None:
     """Raises ValueError when config.loss needs a logit_bias the model lacks, or the model has one it would ignore."""
+    if config.loss in config_lib.LM_LOSSES:  # next-token losses: no logit scalars
+        return
     needs_bias = config_lib.LOSS_LOGIT_INIT[config.loss][1] is not None
     has_bias = model.init_logit_bias is not None
     if needs_bias and not has_bias:
@@ -157,14 +159,15 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         params = {**params, **{tower: state["params"][tower] for tower in locked}}  # bit for bit, -0.0 too
-        params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], max_log_scale)}
+        if "logit_scale" in params:  # the contrastive losses' (caption LMs have none)
+            params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], max_log_scale)}
         metrics = {
             **metrics,
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             "learning_rate": schedule(state["step"]),
-            "logit_scale": jnp.exp(params["logit_scale"]),
+            **({"logit_scale": jnp.exp(params["logit_scale"])} if "logit_scale" in params else {}),
             **({"logit_bias": params["logit_bias"]} if "logit_bias" in params else {}),
         }
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, **carried}

@@ -2,8 +2,11 @@
 
 Layout: an Orbax CheckpointManager directory whose step holds two items,
 `variables` ({'params', maybe 'batch_stats'}) and `metadata` (JSON with the
-model name and overrides), so `load_model` rebuilds the module without being
-told what it is.
+model's kind, name and overrides), so `load_model` rebuilds the module without
+being told what it is. Kinds: "clip" (also metadata without a kind: every
+checkpoint written before kinds existed), "lm" (a bare `clip_jax.lm.CausalLM`,
+clip_jax.lm.import_weights), "causal_lm" and "limber" (`clip_jax.models.limber`'s
+CaptionLM and Limber, written by training runs with those losses).
 """
 from __future__ import annotations
 
@@ -70,6 +73,19 @@ def load_model(directory: epath.PathLike, **overrides: Any) -> tuple[CLIP, dict[
     return model_from_metadata(metadata, **overrides), variables
 
 
-def model_from_metadata(metadata: dict[str, Any], **overrides: Any) -> CLIP:
-    """The module a checkpoint's metadata names ("model", "overrides"), with `overrides` on top."""
-    return create_model(metadata["model"], **{**metadata.get("overrides", {}), **overrides})
+def model_from_metadata(metadata: dict[str, Any], **overrides: Any) -> Any:
+    """The module a checkpoint's metadata names ("kind", "model", "overrides"), with `overrides` on top."""
+    kind = metadata.get("kind", "clip")
+    overrides = {**metadata.get("overrides", {}), **overrides}
+    if kind == "clip":
+        return create_model(metadata["model"], **overrides)
+    from clip_jax.lm import create_lm  # not at import: clip_jax.lm imports clip_jax.models
+    from clip_jax.models import limber
+
+    if kind == "lm":
+        return create_lm(metadata["model"], **overrides)
+    if kind == "causal_lm":
+        return limber.create_caption_lm(metadata["model"], **overrides)
+    if kind == "limber":
+        return limber.create_limber(metadata["model"], **overrides)
+    raise ValueError(f"unknown model kind {kind!r} in the checkpoint's metadata")

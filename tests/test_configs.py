@@ -4,11 +4,11 @@ import os
 import runpy
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 from clip_jax.config import default_config, validate
 from clip_jax.model_config import model_from_config
+from clip_jax.objectives import make_objective
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
 
@@ -26,10 +26,7 @@ def test_config_validates_and_builds(path):
     config = module["get_config"]()
     validate(config)
     model, _ = model_from_config(config)
-    size = model.visual.image_size
-    jax.eval_shape(
-        model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, config.data.context_length), jnp.int32)
-    )
+    jax.eval_shape(make_objective(model, config).init_variables, jax.random.key(0))  # CLIPs, caption LMs, LiMBeR
 
 
 def test_openai_hyperparameters():

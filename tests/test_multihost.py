@@ -251,8 +251,8 @@ def test_an_error_on_one_process_ends_every_process(config_file, tmp_path):
 # Data parallel (mesh data=8): the queue is split over both hosts' devices; parameters are replicated,
 # since DeCLIP's step under FSDP over gloo on 2 CPU cores takes over a minute a step.
 DECLIP = ("--config.loss=declip", "--config.declip.projection_dim=32", "--config.declip.queue_size=32",
-          "--config.total_steps=10", "--config.evals.shapes_heldout.every_steps=1000", "--config.mesh.data=8",
-          "--config.mesh.fsdp=1")
+          "--config.total_steps=6", "--config.checkpoint_every_steps=3", "--config.evals.shapes_heldout.every_steps=1000",
+          "--config.mesh.data=8", "--config.mesh.fsdp=1")
 
 
 def text_queue(workdir, step):
@@ -268,19 +268,19 @@ def text_queue(workdir, step):
 
 
 def test_declip_queue_across_hosts_resumes_on_one_process(config_file, tmp_path):
-    """DeCLIP on 2 x 4 with its text queue (2 slots of the 16-row batch) split over both hosts; its step-5
-    checkpoint resumed on 1 x 8: steps 6-10 give the 2-process losses (rounding, as above) and the same
-    queue (unit vectors written from those steps: 1e-5)."""
+    """DeCLIP on 2 x 4 with its text queue (2 slots of the 16-row batch) split over both hosts; its step-3
+    checkpoint (queue full) resumed on 1 x 8: steps 4-6 give the 2-process losses (rounding, as above) and
+    the same queue (unit vectors written from those steps: 1e-5)."""
     two_hosts = str(tmp_path / "two")
     run(config_file, two_hosts, 2, *DECLIP)
-    assert sorted(losses(two_hosts)) == list(range(1, 11))
+    assert sorted(losses(two_hosts)) == list(range(1, 7))
     elastic = str(tmp_path / "elastic")
     shutil.copytree(two_hosts, elastic)
-    shutil.rmtree(os.path.join(elastic, "checkpoints", "10"))
-    queue_at_5 = text_queue(elastic, 5)
-    assert queue_at_5.shape == (2, 16, 32) and np.allclose(np.linalg.norm(queue_at_5, axis=-1), 1, atol=1e-5)
+    shutil.rmtree(os.path.join(elastic, "checkpoints", "6"))
+    queue_at_3 = text_queue(elastic, 3)
+    assert queue_at_3.shape == (2, 16, 32) and np.allclose(np.linalg.norm(queue_at_3, axis=-1), 1, atol=1e-5)
     run(config_file, elastic, 1, *DECLIP)
-    assert "resumed from step 5" in open(elastic + "_logs/process_0.log").read()
+    assert "resumed from step 3" in open(elastic + "_logs/process_0.log").read()
     got, want = losses(elastic), losses(two_hosts)
-    np.testing.assert_allclose([got[s] for s in range(6, 11)], [want[s] for s in range(6, 11)], rtol=LOSS_RTOL)
-    np.testing.assert_allclose(text_queue(elastic, 10), text_queue(two_hosts, 10), rtol=0, atol=1e-5)
+    np.testing.assert_allclose([got[s] for s in range(4, 7)], [want[s] for s in range(4, 7)], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(text_queue(elastic, 6), text_queue(two_hosts, 6), rtol=0, atol=1e-5)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.convert import ConversionError
+from clip_jax.convert import ConversionError, raise_misfits
 from clip_jax.lm.model import CausalLM
 
 _PREFIX = "transformer."
@@ -143,12 +143,5 @@ def from_hf_state_dict(state_dict: Mapping[str, Any], model: CausalLM) -> dict[s
                 "is not tied; use tie_embeddings=False"
             )
     unexpected = sorted(original[k] for k in original if k not in consumed and not _IGNORED_KEYS.search(k))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {sorted(set(missing))}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    problems += errors
-    if problems:
-        raise ConversionError(f"{naming} state dict does not fit the model:\n  " + "\n  ".join(problems))
+    raise_misfits(missing, unexpected, errors, f"{naming} state dict")
     return {"params": params}

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.lm.interface import KVCache
-from clip_jax.models.layers import REMAT_POLICIES, Dtype, normal, param_with_axes
+from clip_jax.models.layers import REMAT_POLICIES, Dtype, LayerNorm, normal, param_with_axes
 
 POSITIONS = ("learned", "rotary")
 
@@ -62,23 +62,6 @@ class LMConfig:
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the last axis in float32 with a configurable eps, cast back to `dtype`."""
-
-    eps: float = 1e-5
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        width = x.shape[-1]
-        scale = self.param("scale", param_with_axes(nn.initializers.ones, ("embed",)), (width,), jnp.float32)
-        bias = self.param("bias", param_with_axes(nn.initializers.zeros, ("embed",)), (width,), jnp.float32)
-        x = x.astype(jnp.float32)
-        mean = x.mean(axis=-1, keepdims=True)
-        variance = jnp.square(x - mean).mean(axis=-1, keepdims=True)
-        return ((x - mean) * jax.lax.rsqrt(variance + self.eps) * scale + bias).astype(self.dtype)
 
 
 def apply_rotary(x: jax.Array, positions: jax.Array, rotary_dim: int) -> jax.Array:
@@ -165,12 +148,12 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, key_valid, query_slots, kv, index) -> tuple[jax.Array, Any]:
         cfg = self.config
-        h = LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="ln_1")(x)
+        h = LayerNorm(cfg.dtype, cfg.layer_norm_eps, name="ln_1")(x)
         attended, kv = Attention(cfg, name="attn")(h, positions, key_valid, query_slots, kv, index)
         if cfg.parallel_block:
             return attended + Mlp(cfg, name="mlp")(h) + x, kv
         x = x + attended
-        return x + Mlp(cfg, name="mlp")(LayerNorm(cfg.layer_norm_eps, cfg.dtype, name="ln_2")(x)), kv
+        return x + Mlp(cfg, name="mlp")(LayerNorm(cfg.dtype, cfg.layer_norm_eps, name="ln_2")(x)), kv
 
 
 class CausalLM(nn.Module):
@@ -198,7 +181,7 @@ class CausalLM(nn.Module):
         if cfg.remat_policy != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy])
         self.h = [block(cfg) for _ in range(cfg.layers)]
-        self.ln_f = LayerNorm(cfg.layer_norm_eps, cfg.dtype)
+        self.ln_f = LayerNorm(cfg.dtype, cfg.layer_norm_eps)
         if not cfg.tie_embeddings:
             self.lm_head = _dense_general(cfg.vocab_size, ("embed", "vocab"), cfg.head_bias, 0.02, cfg.dtype, None)
 

@@ -63,9 +63,10 @@ def activation(quick: bool) -> Callable[[jax.Array], jax.Array]:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis in float32 (eps 1e-5), cast back to `dtype`."""
+    """LayerNorm over the last axis in float32 (eps 1e-5 unless given), cast back to `dtype`."""
 
     dtype: Dtype = jnp.float32
+    eps: float = LN_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -75,7 +76,7 @@ class LayerNorm(nn.Module):
         x = x.astype(jnp.float32)
         mean = x.mean(axis=-1, keepdims=True)
         variance = jnp.square(x - mean).mean(axis=-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(variance + LN_EPS) * scale + bias
+        y = (x - mean) * jax.lax.rsqrt(variance + self.eps) * scale + bias
         return y.astype(self.dtype)
 
 

@@ -110,6 +110,9 @@ class ModifiedResNet(nn.Module):
 
     images [B, H, W, 3] -> embeddings [B, output_dim] float32. BatchNorm uses
     batch statistics when `train` (call with mutable=['batch_stats']).
+    With `grid=True` it returns the feature map that attention pooling would
+    read, [B, H/32, W/32, 32 * width] float32 (RN50x16 at 384 px: 12 x 12 x
+    3072), for LiMBeR's "grid" prefix. The default output is unchanged.
     """
 
     image_size: int
@@ -120,7 +123,7 @@ class ModifiedResNet(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, images: jax.Array, train: bool = False, grid: bool = False) -> jax.Array:
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"expected images of {self.image_size}x{self.image_size}, got shape {images.shape}")
         x = images.astype(self.dtype)
@@ -133,4 +136,6 @@ class ModifiedResNet(nn.Module):
             for j in range(blocks):
                 stride = 2 if stage > 0 and j == 0 else 1
                 x = Bottleneck(planes, stride, self.dtype, name=f"layer{stage + 1}_{j}")(x, train)
+        if grid:
+            return x.astype(jnp.float32)  # [B, h, w, C]
         return AttentionPool2d(self.heads, self.output_dim, self.dtype, name="attnpool")(x).astype(jnp.float32)

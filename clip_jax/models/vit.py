@@ -39,6 +39,12 @@ class VisionTransformer(nn.Module):
     With `keep_patches` [B, K] (FLIP's masking, `random_patch_subset`) the
     blocks see the class token and those K patch tokens only; without it the
     computation is the plain ViT's.
+
+    With `grid=True` it returns the patch tokens after the last block with
+    ln_post applied to each (the class token dropped, no proj): [B, N, width]
+    float32 in row-major patch order (N = (image_size / patch_size)^2, or K
+    with keep_patches). LiMBeR's "grid" prefix reads them. The default output
+    is unchanged.
     """
 
     image_size: int
@@ -58,7 +64,9 @@ class VisionTransformer(nn.Module):
         return (self.image_size // self.patch_size) ** 2
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False, keep_patches: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, images: jax.Array, train: bool = False, keep_patches: jax.Array | None = None, grid: bool = False
+    ) -> jax.Array:
         del train  # no batch statistics or dropout
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"expected images of {self.image_size}x{self.image_size}, got shape {images.shape}")
@@ -100,6 +108,8 @@ class VisionTransformer(nn.Module):
             scan_layers=self.scan_layers,
             name="transformer",
         )(x)
+        if grid:  # LayerNorm is per token: ln_post of the patch tokens alone equals that of all tokens, sliced
+            return LayerNorm(self.dtype, name="ln_post")(x[:, 1:]).astype(jnp.float32)  # [B, N, D]
         pooled = LayerNorm(self.dtype, name="ln_post")(x[:, 0])  # [B, D]
         proj = self.param(
             "proj", param_with_axes(normal(scale), ("embed", "joint_embed")), (self.width, self.output_dim), jnp.float32

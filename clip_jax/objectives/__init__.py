@@ -20,21 +20,31 @@ device's rows, with `extra` laid out by `extra_specs`.
 `Contrastive` serves clip, siglip and clip_lite (with FLIP's masking, LiT's
 locked towers and CLIP-Lite's critic heads, which live in the model);
 `Declip` adds DeCLIP's two views, masked language modelling, SimSiam and
-nearest-neighbour queue.
+nearest-neighbour queue. `CausalLm` ("causal_lm") trains a caption LM alone and
+`Limber` ("limber") a linear map from a frozen image tower into a frozen LM's
+input space, both with next-token loss on the captions (their models:
+`clip_jax.models.limber`). An objective may also name `locked` top-level
+parameter subtrees; `config.locked_towers` is where the optimizer and the step learn them.
 """
 from __future__ import annotations
 
 import flax.linen as nn
 import ml_collections
 
+from clip_jax.objectives.causal_lm import CausalLm
 from clip_jax.objectives.contrastive import Contrastive, loss_function
 from clip_jax.objectives.declip import Declip
+from clip_jax.objectives.limber import Limber
 
-__all__ = ["Contrastive", "Declip", "loss_function", "make_objective"]
+__all__ = ["CausalLm", "Contrastive", "Declip", "Limber", "loss_function", "make_objective"]
 
 
 def make_objective(model: nn.Module, config: ml_collections.ConfigDict, mask_ratio: float = 0.0) -> Contrastive:
     """The objective config.loss trains (FLIP's `mask_ratio` for this step's compiled program)."""
     if config.loss == "declip":
         return Declip(model, config, mask_ratio)
+    if config.loss == "causal_lm":
+        return CausalLm(model, config, mask_ratio)
+    if config.loss == "limber":
+        return Limber(model, config, mask_ratio)
     return Contrastive(model, config, mask_ratio)
