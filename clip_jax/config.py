@@ -21,9 +21,11 @@ from clip_jax.models.registry import MODEL_SPECS
 from clip_jax.models.layers import REMAT_POLICIES
 
 LOSSES = ("clip", "siglip", "clip_lite", "declip", "causal_lm", "limber")
+CAPTIONING_EVAL = "captioning"  # LiMBeR's eval: greedy captions scored by evaluation.caption_eval
 LM_LOSSES = ("causal_lm", "limber")  # next-token losses on captions (clip_jax.objectives.causal_lm, .limber)
 LIMBER_PREFIXES = ("grid", "pooled")
-LM_TOKENIZERS = ("clip",)  # a caption LM needs the tokenizer's start token as its prompt (CLIP BPE's SOT)
+# A caption LM's prompt is its tokenizer's start token: CLIP BPE's SOT, or GPT-2's <|endoftext|> ("gpt2:DIR").
+LM_TOKENIZERS = ("clip", "gpt2:DIR")
 LOSS_IMPLS = ("all_gather", "blockwise")
 CLIP_LITE_NEGATIVES = ("shifted", "hardest")
 DTYPES = ("float32", "bfloat16")
@@ -167,7 +169,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Zero-shot on a TFDS set with shipped metadata (clip_jax.evaluation.list_benchmarks(), e.g.
     # data="tfds:imagenet2012:validation") needs no classnames/templates; given ones win. optional=True
     # (default False): if the data is missing (TFDS dataset not prepared) the eval is skipped with one
-    # warning instead of failing the run.
+    # warning instead of failing the run. LiMBeR (loss "limber") has type 'captioning' alone: greedy
+    # captions of the data's images scored against their captions (BLEU-1..4, CIDEr-D; num_captions
+    # references per image), and with classnames (and a labelled source) "named", the share of captions
+    # naming their image's class and no other.
     c.evals = ml_collections.ConfigDict()
     return c
 
@@ -312,14 +317,17 @@ def _validate_lm(config: ml_collections.ConfigDict) -> None:
     for field in ("dtype", "remat_policy"):
         _check(field not in config.lm.overrides, f"lm.overrides.{field}", f"set config.{field} instead")
     _check(
-        config.data.tokenizer in LM_TOKENIZERS, "data.tokenizer",
+        config.data.tokenizer == "clip" or config.data.tokenizer.startswith("gpt2:"), "data.tokenizer",
         f"{config.loss} needs a tokenizer whose captions start with a start token (one of {LM_TOKENIZERS})",
     )
     _check(config.data.context_length >= 2, "data.context_length", "a caption LM needs at least 2 tokens")
     for field in ("init_logit_scale", "init_logit_bias"):
         _check(config[field] is None, field, f"{config.loss} has no logit scale or bias; leave it None")
     _check(config.flip.mask_ratio == 0, "flip.mask_ratio", f"FLIP's patch masking is not used by {config.loss}")
-    _check(not config.evals, "evals", f"the retrieval and zero-shot evals need a CLIP; {config.loss} has none")
+    _check(
+        not config.evals or config.loss == "limber", "evals",
+        f"{config.loss} trains on captions alone, without images: it has no evals",
+    )
     lit = config.lit
     _check(
         not (lit.lock_image or lit.lock_text or lit.init_image_from), "lit",
@@ -397,8 +405,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")
     _check(config.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
     _check(config.log_every_steps > 0, "log_every_steps", "must be positive")
+    eval_types = (CAPTIONING_EVAL,) if config.loss == "limber" else EVAL_TYPES
     for name, spec in config.evals.items():
-        _check(spec.get("type") in EVAL_TYPES, f"evals.{name}.type", f"{spec.get('type')!r} is not one of {EVAL_TYPES}")
+        _check(
+            spec.get("type") in eval_types, f"evals.{name}.type",
+            f"{spec.get('type')!r} is not one of {eval_types}, the evals of loss {config.loss!r}",
+        )
         _check(bool(spec.get("data")), f"evals.{name}.data", "needs a data source string")
         _check(spec.get("every_steps", 0) > 0, f"evals.{name}.every_steps", "must be positive")
         if spec.type == "zeroshot":  # templates: the data set's shipped ones, else OpenAI's 80 ImageNet prompts

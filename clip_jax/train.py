@@ -24,7 +24,7 @@ from clu import parameter_overview, periodic_actions
 from clip_jax import checkpointing, data, flip, flops, metric_logging, multihost, paths, sharding, train_state, train_step, weights
 from clip_jax.config import ConfigError, validate
 from clip_jax.convert import stack_layers, unstack_layers
-from clip_jax.evaluation.in_loop import EvalTask, make_encoders, run_evals
+from clip_jax.evaluation.in_loop import EvalTask, make_eval_encoders, run_evals
 from clip_jax.model_config import check_context_length, model_from_config, model_metadata
 
 log = logging.getLogger("clip_jax.train")
@@ -120,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     peak = metric_logging.peak_flops_per_device(jax.devices()[0])
     model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch, mask_ratio) if peak else None
     eval_tasks = [EvalTask(name, spec) for name, spec in config.evals.items()]
-    encoders = make_encoders(model, batch_sharding)
+    encoders = make_eval_encoders(model, config, batch_sharding)
 
     step = int(state["step"])
     progress = periodic_actions.ReportProgress(

@@ -189,3 +189,56 @@ def test_exported():
     for name in ("bleu", "cider", "captioning_metrics", "tokenize_caption"):
         assert name in evaluation.__all__
     assert np.isfinite(evaluation.captioning_metrics(["a dog"], [["a dog"]])["bleu4"])
+
+
+# ---------------------------------------------------------------- scoring generated token rows
+
+
+def test_row_text_reads_up_to_the_first_framing_id():
+    from clip_jax.evaluation.caption_eval import row_text
+    from clip_jax.tokenizers import ClipTokenizer
+
+    tokenizer = ClipTokenizer(12)
+    (row,) = tokenizer("a red circle")
+    assert row_text(row, tokenizer) == "a red circle"  # start token, ids, end token, padding
+    generated = np.array([*tokenizer.encode("a big ring"), tokenizer.eot_token_id, 0, 0])
+    assert row_text(generated, tokenizer) == "a big ring"
+    assert row_text(np.array([tokenizer.eot_token_id, *tokenizer.encode("later")]), tokenizer) == ""
+    assert row_text(np.array(tokenizer.encode("no end")), tokenizer) == "no end"
+
+
+@pytest.mark.parametrize(
+    "caption,label,expected",
+    [
+        ("a small red circle in the top left corner", 0, True),
+        ("the circle is red and small", 0, True),
+        ("a red circle", 1, False),  # names red, not green
+        ("a red and green circle", 0, False),  # names another class too
+        ("a reddish circle", 0, False),  # whole words only
+        ("A RED circle.", 0, True),  # coco-caption's tokens: lower case, punctuation dropped
+        ("a dark red square", 2, True),  # a multi-word class name; the "red" inside it is not another class
+        ("a red square", 2, False),
+        ("a dark red and red square", 2, False),
+    ],
+)
+def test_names_class(caption, label, expected):
+    from clip_jax.evaluation.caption_eval import names_class
+
+    assert names_class(caption, label, ["red", "green", "dark red"]) is expected
+
+
+def test_caption_eval_metrics_score_the_rows_texts():
+    """Token rows give the metrics of their texts; references left out by the mask are not used."""
+    from clip_jax.evaluation.caption_eval import caption_eval_metrics
+    from clip_jax.tokenizers import ClipTokenizer
+
+    tokenizer = ClipTokenizer(16)
+    generated = ["a red circle", "a big blue square at the top", "a ring"]
+    references = [["a small red circle", "a red circle in the center"], ["a big blue square", "unused"], ["a green ring", "a ring"]]
+    mask = np.array([[True, True], [True, False], [True, True]])
+    rows = np.stack([tokenizer(r) for r in references])  # [3, 2, 16]
+    new = np.stack([[*tokenizer.encode(c), tokenizer.eot_token_id, *[0] * (15 - len(tokenizer.encode(c)))][:15] for c in generated])
+    metrics = caption_eval_metrics(new, rows, mask, tokenizer, np.array([0, 1, 2]), ["red", "blue", "green"])
+    kept = [[r for r, m in zip(refs, row_mask) if m] for refs, row_mask in zip(references, mask)]
+    assert {k: v for k, v in metrics.items() if k != "named"} == captioning_metrics(generated, kept)
+    assert metrics["named"] == pytest.approx(2 / 3)  # "a ring" names no colour

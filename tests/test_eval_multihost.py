@@ -3,7 +3,8 @@
 One launch of three worker processes (this file run as a script) serves the
 multi-process assertions: two form one JAX cluster (gloo collectives on
 loopback), one runs alone with 8 devices. Each evaluates a tiny random model
-on `shapes` (zero-shot, retrieval with two captions per image, linear probe)
+on `shapes` (zero-shot, retrieval with two captions per image, linear probe;
+LiMBeR's captioning with a random LiMBeR model)
 through `clip_jax.evaluation.in_loop` and writes its metrics and the records
 it read.
 
@@ -30,6 +31,7 @@ N_EVAL, N_TRAIN = 33, 27  # odd: uneven process shares (17 + 16) and padded fina
 EVAL = f"shapes:eval#size=32&n={N_EVAL}"
 TRAIN = f"shapes:val#size=32&n={N_TRAIN}"
 TIMEOUT_S = 420
+CAPTIONING = dict(type="captioning", data=EVAL, classnames=["circle", "square", "triangle", "diamond", "cross", "ring"])
 ZEROSHOT = dict(
     type="zeroshot",
     classnames=["circle", "square", "triangle", "diamond", "cross", "ring"],  # shapes.classnames("shape")
@@ -78,12 +80,17 @@ def worker(process_id: int, num_processes: int, port: int, out: str) -> None:
     ]
     encoders = in_loop.make_encoders(model, sharding.batch_sharding(mesh))
     metrics = in_loop.run_evals(tasks, 1, config, 32, variables, encoders)
+    limber_model, limber_variables = _tiny_limber(sharding.replicated(mesh))
+    captioner = in_loop.make_eval_encoders(limber_model, config, sharding.batch_sharding(mesh))
+    captioning = in_loop.EvalTask("captions", ml_collections.ConfigDict(dict(CAPTIONING, batch_size=16, every_steps=1)))
+    metrics.update(in_loop.run_evals([captioning], 1, config, 32, limber_variables, captioner))
     result = {"metrics": metrics, "read": {k: list(v) for k, v in read.items()}, "devices": jax.device_count()}
     batch_size = in_loop.local_batch_size(16, encoders.shards, num_processes)
     rows = in_loop.embed_shares(encoders, variables, tasks[1].pipeline(config, 32, EVAL, False, batch_size).iterator())
     result["digests"] = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in rows.items()}
     if num_processes == 1:
         result["library"] = _library_metrics(model, jax.device_get(variables))
+        result["library"].update(_library_captioning(limber_model, jax.device_get(limber_variables)))
     with open(out, "w") as f:
         json.dump(result, f)
     if num_processes > 1:
@@ -103,6 +110,48 @@ def _tiny_model(sharding):
     )
     init = jax.jit(model.init, out_shardings=sharding)
     return model, init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 24), jnp.int32))
+
+
+def _tiny_limber(sharding):
+    """A random LiMBeR model (one-block ViT-Tiny-8, one-layer GPT-J-layout LM of width 32) and its variables."""
+    import jax
+    import jax.numpy as jnp
+
+    from clip_jax.models.limber import create_limber
+
+    model = create_limber(
+        "ViT-Tiny-8", "gpt-j-tiny", image_overrides=dict(vision=dict(width=64, layers=1, head_width=32)),
+        lm_overrides=dict(width=32, heads=2, layers=1, mlp_dim=64, max_positions=64), dtype="float32",
+    )
+    init = jax.jit(model.init, out_shardings=sharding)
+    return model, init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 24), jnp.int32))
+
+
+def _library_captioning(model, variables) -> dict[str, float]:
+    """The captioning eval's metrics from limber.caption on the plain batches (one device) and caption_eval."""
+    import numpy as np
+
+    from clip_jax.data import Pipeline
+    from clip_jax.evaluation.caption_eval import caption_eval_metrics
+    from clip_jax.models.limber import caption
+    from clip_jax.tokenizers import get_tokenizer
+
+    tokenizer = get_tokenizer("clip", 24)
+    pipeline = Pipeline(EVAL, training=False, batch_size=16, image_size=32, context_length=24, labels=True, text=True)
+    rows = {"captions": [], "tokens": [], "labels": []}
+    for batch in pipeline.iterator():
+        keep = batch["mask"]
+        generated = caption(model, variables, batch["images"], start_id=tokenizer.sot_token_id, max_new_tokens=23,
+                            eos_id=tokenizer.eot_token_id)
+        rows["captions"].append(np.asarray(generated)[keep])
+        rows["tokens"].append(batch["tokens"][keep][:, None])
+        rows["labels"].append(batch["labels"][keep])
+    rows = {k: np.concatenate(v) for k, v in rows.items()}
+    metrics = caption_eval_metrics(
+        rows["captions"], rows["tokens"], np.ones(rows["tokens"].shape[:2], bool), tokenizer, rows["labels"],
+        CAPTIONING["classnames"],
+    )
+    return {f"captions/{k}": v for k, v in metrics.items()}
 
 
 def _library_metrics(model, variables) -> dict[str, float]:
@@ -179,20 +228,24 @@ def test_two_processes_give_the_single_process_metrics_exactly(runs):
     expected = {f"zeroshot/{k}" for k in ("top1", "top5", "mean_per_class_recall")}
     expected |= {f"retrieval/{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     expected |= {"probe/top1", "probe/val_top1", "probe/l2"}
+    expected |= {f"captions/{k}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "named")}
     assert set(metrics) == expected
     assert runs["p0"]["metrics"] == metrics
     assert runs["p1"]["metrics"] == metrics
 
 
 def test_in_loop_metrics_equal_the_library_path(runs):
-    """One process: the sharded, gathered, reordered embeddings give what run_eval on the plain batches gives."""
+    """One process: the sharded, gathered, reordered embeddings give what run_eval on the plain batches gives;
+    the captioner's captions score what limber.caption's on the plain batches score. (Greedy decoding of
+    batches split differently agrees unless two of the 49,408 logits tie to float32 rounding, ~1e-6 of
+    their scale, which random weights make vanishingly rare.)"""
     single = runs["single"]
     assert single["library"] == pytest.approx({k: single["metrics"][k] for k in single["library"]}, abs=1e-9)
 
 
 def test_each_process_reads_only_its_share(runs):
-    """Process p reads records p, p + 2, ...: each eval set once per eval (3 for `eval`, 1 for `val`)."""
-    for split, n, reads in (("eval", N_EVAL, 3), ("val", N_TRAIN, 1)):
+    """Process p reads records p, p + 2, ...: each eval set once per eval (4 for `eval`, 1 for `val`)."""
+    for split, n, reads in (("eval", N_EVAL, 4), ("val", N_TRAIN, 1)):
         assert collections.Counter(runs["single"]["read"][split]) == collections.Counter(list(range(n)) * reads)
         for process in (0, 1):
             share = list(range(process, n, 2)) * reads

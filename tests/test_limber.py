@@ -32,6 +32,10 @@ SOT, EOT = ClipTokenizer.sot_token_id, ClipTokenizer.eot_token_id
 LM = dict(width=32, heads=2, layers=1, mlp_dim=64, tie_embeddings=True, head_bias=False, max_positions=128)
 VISION = dict(embed_dim=32, vision=dict(width=64, layers=1, head_width=32))  # ViT-Tiny-8 with one block
 
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]  # shapes.classnames("color")
+CAPTIONING = dict(type="captioning", data="shapes:val#size=32&n=24&label=color", classnames=COLOURS, every_steps=30)
+
+
 def write_run_config(path, config, steps, lr, extra=""):
     """configs/<config>.py, smaller: the LM above, batch 16, `steps` steps at peak learning rate `lr`."""
     path.write_text(
@@ -72,7 +76,10 @@ def clip_weights(tmp_path_factory):
 def limber_run(tmp_path_factory, lm_run, clip_weights):
     """LiMBeR trained 30 steps of batch 16 from the caption LM and the CLIP weights (configs/limber_shapes.py)."""
     directory = tmp_path_factory.mktemp("limber")
-    extra = f"    config.model_overrides = ml_collections.ConfigDict({VISION!r})\n"
+    extra = (
+        f"    config.model_overrides = ml_collections.ConfigDict({VISION!r})\n"
+        f"    config.evals = ml_collections.ConfigDict({{'captions': {CAPTIONING!r}}})\n"
+    )
     run_main(
         write_run_config(directory / "config.py", "limber_shapes", 30, 1e-2, extra), str(directory / "run"),
         f"--config.limber.image_from={clip_weights}", f"--config.limber.lm_from={lm_run}",
@@ -107,6 +114,26 @@ def test_limber_trains_only_the_projection(lm_run, clip_weights, limber_run):
     moments = sum(np.size(x) for x in jax.tree.leaves(opt_state))
     assert 2 * projection_size <= moments <= 2 * projection_size + 4  # mu and nu, plus step counts
     assert metadata["kind"] == "limber" and metadata["model"] == "ViT-Tiny-8"
+
+
+def test_captioning_eval_in_the_loop_scores_the_final_models_captions(limber_run):
+    """The run's captioning eval (24 val images at the last step) logged what the saved model's greedy captions
+    of those images score (limber.caption on one device, evaluation.caption_eval): BLEU-1..4, CIDEr-D and the
+    share naming the image's colour. (Greedy decoding of batches split over 8 devices or not agrees unless
+    two logits tie to float32 rounding.)"""
+    from clip_jax.data import Pipeline
+    from clip_jax.evaluation.caption_eval import caption_eval_metrics
+
+    (logged,) = [r for r in map(json.loads, open(os.path.join(limber_run, "metrics.jsonl"))) if "captions/cider" in r]
+    assert logged["step"] == 30
+    model, variables = weights.load_model(limber_run)
+    pipeline = Pipeline(CAPTIONING["data"], training=False, batch_size=24, image_size=32, context_length=CONTEXT,
+                        labels=True, text=True)
+    (batch,) = list(pipeline.iterator())
+    generated = limber.caption(model, variables, batch["images"], start_id=SOT, max_new_tokens=CONTEXT - 1, eos_id=EOT)
+    want = caption_eval_metrics(np.asarray(generated), batch["tokens"][:, None], np.ones((24, 1), bool),
+                                ClipTokenizer(CONTEXT), batch["labels"], COLOURS)
+    assert {f"captions/{k}": v for k, v in want.items()} == pytest.approx({f"captions/{k}": logged[f"captions/{k}"] for k in want}, abs=1e-12)
 
 
 def test_metadata_rebuilds_the_models(lm_run, limber_run):
@@ -237,6 +264,8 @@ def test_sharded_caption_step_equals_single_device(loss):
         ({"data.tokenizer": "sentencepiece:/x.model"}, "config.data.tokenizer"),
         ({"lit.lock_image": True}, "config.lit"),
         ({"init_from": "/w"}, "config.init_from"),
+        ({"evals.x": ml_collections.ConfigDict(dict(type="zeroshot", data="shapes", every_steps=1))}, "config.evals.x.type"),
+        ({"loss": "causal_lm", "evals.x": ml_collections.ConfigDict(dict(CAPTIONING, type="captioning"))}, "config.evals"),
     ],
 )
 def test_validation_names_the_field(changes, field):

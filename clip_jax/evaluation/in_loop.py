@@ -1,7 +1,7 @@
 """Evaluations inside the train loop, each process decoding only its share of an eval set.
 
     tasks = [EvalTask(name, spec) for name, spec in config.evals.items()]
-    encoders = make_encoders(model, batch_sharding)
+    encoders = make_eval_encoders(model, config, batch_sharding)  # a CLIP's towers or a LiMBeR captioner
     metrics = run_evals(tasks, step, config, image_size, variables, encoders)  # {"<name>/<metric>": value}
 
 Each process reads its share of the eval records (the sources split them by
@@ -16,6 +16,11 @@ padding rows dropped, and sorted into a canonical order (by their bytes) that
 does not depend on how the records were split. Every process then computes
 the metrics of the whole set with `evaluation.run_eval`, given the embeddings
 as batches and identity encoders.
+
+LiMBeR's 'captioning' eval goes the same way with a captioner (make_captioner)
+in place of the towers: each process captions its share, the generated ids
+and the reference caption rows are gathered, and every process scores them
+(evaluation.caption_eval).
 
 Why the metrics equal a one-process run's exactly: a record's embedding does
 not depend on the process or device that encodes it (every device runs the
@@ -44,9 +49,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from clip_jax import data
 from clip_jax.evaluation.batching import Encoder, pad_rows
 from clip_jax.evaluation.benchmarks import benchmark, find_benchmark
+from clip_jax.evaluation.caption_eval import caption_eval_metrics
 from clip_jax.evaluation.evaluator import run_eval
 from clip_jax.evaluation.progress import Progress
 from clip_jax.models import CLIP
+from clip_jax.models.limber import Limber, caption
 from clip_jax.tokenizers import get_tokenizer
 
 log = logging.getLogger("clip_jax.evaluation")
@@ -63,12 +70,15 @@ class Encoders:
     embed: (variables, global batch {"images" [B, H, W, 3], optionally
       "tokens" [B, K, L], "more" bool [B]}) -> ({"images" [B, E], "tokens"
       [B, K, E] where given}, any("more")), the embeddings split like the batch.
-    encode_text: (variables, tokens [B, L] split over the batch axes) -> [B, E] on every process.
+      A captioner's (make_captioner) reads only the images and returns {"captions" [B, T]}.
+    encode_text: (variables, tokens [B, L] split over the batch axes) -> [B, E] on every process (None: a captioner).
+    inputs: the batch fields embed reads; the caption rows ("tokens") travel with the outputs when not one.
     """
 
     embed: Callable[..., tuple[dict[str, jax.Array], jax.Array]]
-    encode_text: Callable[..., jax.Array]
+    encode_text: Callable[..., jax.Array] | None
     batch_sharding: NamedSharding
+    inputs: tuple[str, ...] = ("images", "tokens")
 
     @property
     def shards(self) -> int:
@@ -96,6 +106,30 @@ def make_encoders(model: CLIP, batch_sharding: NamedSharding) -> Encoders:
         jax.jit(embed, out_shardings=(batch_sharding, replicated)),
         jax.jit(encode_text, out_shardings=replicated),
         batch_sharding,
+    )
+
+
+def make_captioner(model: Limber, batch_sharding: NamedSharding, start_id: int, eos_id: int, max_new_tokens: int) -> Encoders:
+    """Encoders whose embed is greedy captioning: {"images" [B, H, W, 3]} -> {"captions" int32 [B, max_new_tokens]}.
+
+    The prompt is the image prefix and `start_id`; after `eos_id` a row holds padding (0).
+    """
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+
+    def embed(variables: dict[str, Any], batch: dict[str, jax.Array]) -> tuple[dict[str, jax.Array], jax.Array]:
+        tokens = caption(model, variables, batch["images"], start_id=start_id, max_new_tokens=max_new_tokens, eos_id=eos_id)
+        return {"captions": tokens}, jnp.any(batch["more"])
+
+    return Encoders(jax.jit(embed, out_shardings=(batch_sharding, replicated)), None, batch_sharding, inputs=("images",))
+
+
+def make_eval_encoders(model: CLIP | Limber, config: ml_collections.ConfigDict, batch_sharding: NamedSharding) -> Encoders:
+    """The train loop's encoders: a CLIP's towers, or a LiMBeR model's captioner (captions up to the context length)."""
+    if not isinstance(model, Limber):
+        return make_encoders(model, batch_sharding)
+    tokenizer = get_tokenizer(config.data.tokenizer, config.data.context_length)
+    return make_captioner(
+        model, batch_sharding, tokenizer.sot_token_id, tokenizer.eot_token_id, config.data.context_length - 1
     )
 
 
@@ -158,15 +192,17 @@ def embed_shares(
       one batch of the whole set without padding, in canonical order:
       "images" [N, E] image embeddings; with captions "tokens" [N, K, E]
       caption embeddings and "caption_mask" [N, K]; "labels" [N] where given.
+      A captioner's: "captions" [N, T] and the caption rows "tokens" [N, K, L] instead of the embeddings.
     """
     sharding = encoders.batch_sharding
+    kept = _ROW_FIELDS + tuple(k for k in ("tokens",) if k not in encoders.inputs)
     local: list[Batch] = []
     for batch, more in lockstep(image_rows(b) for b in batches):
-        inputs = {k: batch[k] for k in ("images", "tokens") if k in batch}
+        inputs = {k: batch[k] for k in encoders.inputs if k in batch}
         inputs["more"] = np.full(len(batch["mask"]), more)
         embeds, anyone_more = encoders.embed(variables, data.make_global_batch(inputs, sharding))
         embeds = multihost_utils.global_array_to_host_local_array(embeds, sharding.mesh, sharding.spec)
-        local.append({**{k: batch[k] for k in _ROW_FIELDS if k in batch}, **jax.tree.map(np.asarray, embeds)})
+        local.append({**{k: batch[k] for k in kept if k in batch}, **jax.tree.map(np.asarray, embeds)})
         if progress is not None:
             progress.update(int(batch["mask"].sum()) * jax.process_count())
         if not anyone_more:
@@ -232,7 +268,7 @@ class EvalTask:
             tokenizer=config.data.tokenizer,
             context_length=config.data.context_length,
             labels=labels,
-            text=self.spec.type == "retrieval",
+            text=self.spec.type in ("retrieval", "captioning"),
             num_captions=self.spec.get("num_captions", 1),
             process_index=jax.process_index(),
             process_count=jax.process_count(),
@@ -256,12 +292,17 @@ class EvalTask:
             return [embed_shares(encoders, variables, batches, shown)]
 
         classnames, templates = zeroshot_texts(spec)
-
+        tokenizer = get_tokenizer(config.data.tokenizer, config.data.context_length)
+        if spec.type == "captioning":
+            (rows,) = embedded(spec.data, labels=bool(classnames))
+            return caption_eval_metrics(
+                rows["captions"], rows["tokens"], rows["caption_mask"], tokenizer, rows.get("labels"), classnames
+            )
         return run_eval(
             spec.type,
             encode_image=_embedded,
             encode_text=_embedded if spec.type == "retrieval" else prompt_encoder(encoders, variables),
-            tokenizer=get_tokenizer(config.data.tokenizer, config.data.context_length),
+            tokenizer=tokenizer,
             batches=embedded(spec.data, labels=spec.type != "retrieval"),
             classnames=classnames,
             templates=templates,
