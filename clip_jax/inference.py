@@ -148,6 +148,10 @@ def load(
     clip_model, variables, metadata = load_weights(
         name_or_path, model=model, seed=seed, dtype=dtype or default_dtype(), **overrides
     )
+    if not isinstance(clip_model, CLIP):
+        kind = metadata.get("kind")
+        hint = "clip_jax.load_captioner captions images with it" if kind == "limber" else "it has no image tower"
+        raise ValueError(f"load({name_or_path!r}): a {kind!r} model, not a CLIP; {hint}")
     tokenizer = get_tokenizer(metadata.get("tokenizer", "clip"), clip_model.text.context_length)
     preprocess = ImagePreprocess(clip_model.visual.image_size)
     return Pretrained(clip_model, jax.device_put(variables), preprocess, tokenizer, batch_size)

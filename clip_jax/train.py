@@ -97,7 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mask_ratio = flip.mask_ratio_at(config, latest or 0)  # FLIP: the ratio of the first step this run takes
     compiled = train_step.compile_training(model, config, mesh, rng, mask_ratio)
     step_fn = compiled.step
-    metadata = {**model_metadata(config, overrides), "tokenizer": config.data.tokenizer, "seed": config.seed}
+    metadata = {**model_metadata(config, overrides), "tokenizer": config.data.tokenizer, "seed": config.seed,
+                "context_length": config.data.context_length}
     if latest is not None:
         state = checkpointer.restore(latest, compiled.abstract_state)
         log.info("resumed from step %d in %s", latest, checkpointer.directory)

@@ -22,6 +22,7 @@ import runpy
 import ml_collections
 
 from clip_jax.config import default_config
+from clip_jax.data.shapes import classnames
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,5 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 300
     config.log_every_steps = 25
     config.progress_every_seconds = 30.0
-    config.evals = ml_collections.ConfigDict()
+    # greedy captions of 200 fresh images (the training combinations) and 200 of the held-out (shape, colour)
+    # combinations, scored against their captions; "named": the caption names the image's colour / shape only
+    val, heldout = "shapes:val#size=32&n=200", "shapes:eval#size=32&n=200"
+    config.evals = ml_collections.ConfigDict({
+        f"{split}_{label}": dict(type="captioning", data=f"{data}&label={label}", classnames=classnames(label),
+                                 every_steps=config.total_steps)
+        for split, data in (("val", val), ("heldout", heldout)) for label in ("color", "shape")
+    })
     return config

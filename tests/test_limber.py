@@ -116,11 +116,11 @@ def test_limber_trains_only_the_projection(lm_run, clip_weights, limber_run):
     assert metadata["kind"] == "limber" and metadata["model"] == "ViT-Tiny-8"
 
 
-def test_captioning_eval_in_the_loop_scores_the_final_models_captions(limber_run):
+def test_captioning_eval_and_captioner_agree_with_the_final_model(limber_run):
     """The run's captioning eval (24 val images at the last step) logged what the saved model's greedy captions
     of those images score (limber.caption on one device, evaluation.caption_eval): BLEU-1..4, CIDEr-D and the
-    share naming the image's colour. (Greedy decoding of batches split over 8 devices or not agrees unless
-    two logits tie to float32 rounding.)"""
+    share naming the image's colour. clip_jax.load_captioner gives those captions. (Greedy decoding of batches
+    split over 8 devices or not, or of 16 rows or 24, agrees unless two logits tie to float32 rounding.)"""
     from clip_jax.data import Pipeline
     from clip_jax.evaluation.caption_eval import caption_eval_metrics
 
@@ -134,6 +134,13 @@ def test_captioning_eval_in_the_loop_scores_the_final_models_captions(limber_run
     want = caption_eval_metrics(np.asarray(generated), batch["tokens"][:, None], np.ones((24, 1), bool),
                                 ClipTokenizer(CONTEXT), batch["labels"], COLOURS)
     assert {f"captions/{k}": v for k, v in want.items()} == pytest.approx({f"captions/{k}": logged[f"captions/{k}"] for k in want}, abs=1e-12)
+    captioner = clip_jax.load_captioner(limber_run, batch_size=16)  # two batches: 16 and 8 padded to 16
+    assert captioner.max_new_tokens == CONTEXT - 1  # from the run's metadata
+    np.testing.assert_array_equal(captioner.tokens(batch["images"]), generated)
+    texts = captioner(batch["images"])
+    assert texts == [ClipTokenizer(CONTEXT).decode(row[: list(row).index(EOT) if EOT in row else None]).strip() for row in np.asarray(generated)]
+    with pytest.raises(ValueError, match="load_captioner"):
+        clip_jax.load(limber_run)
 
 
 def test_metadata_rebuilds_the_models(lm_run, limber_run):
