@@ -148,6 +148,10 @@ def default_config() -> ml_collections.ConfigDict:
             # same for every process count dividing num_streams, so a run resumes on another number
             # of processes. 0: one stream per process of the run that started it.
             num_streams=0,
+            # loss "causal_lm": train on all of an example's captions in one row (start, first caption,
+            # start, next caption, ..., end), so the LM learns to name what earlier context named: the
+            # reading LiMBeR's frozen LM needs to take an image prefix in that context's place.
+            chain_captions=False,
         ),
         type_safe=False,
     )
@@ -400,6 +404,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     _check(config.data.context_length > 0, "data.context_length", "must be positive")
     _check(config.data.num_streams >= 0, "data.num_streams", "must be >= 0 (0: one per process)")
+    _check(
+        not config.data.chain_captions or config.loss == "causal_lm", "data.chain_captions",
+        "chains the captions a caption LM trains on (loss causal_lm)",
+    )
     _validate_lit(config)
     _validate_lm(config)
     _check(config.checkpoint_every_steps > 0, "checkpoint_every_steps", "must be positive")

@@ -129,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     preemption = multihost.Preemption()
     window_start, window_steps = time.perf_counter(), 0
-    log.info("training %s from step %d to %d on %s", config.model, step, config.total_steps, mesh)
+    log.info("training %s from step %d to %d on %s", metadata["model"], step, config.total_steps, mesh)
     try:
         while step < config.total_steps:
             if flip.mask_ratio_at(config, step) != mask_ratio:  # FLIP's unmasked tuning: a compiled step of its own
@@ -196,6 +196,7 @@ def open_training_data(
             shuffle_buffer=config.data.shuffle_buffer,
             resample=config.data.resample,
             declip_views=config.loss == "declip",
+            chain_captions=config.data.chain_captions,
         )
     except (FileNotFoundError, data.NoValidDataError) as e:
         raise ConfigError(f"config.data.train: {e}; set the training data with --config.data.train=SOURCE") from None

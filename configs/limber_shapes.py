@@ -39,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.limber = ml_collections.ConfigDict(
         dict(image_from="/tmp/clip_tiny", lm_from="/tmp/lm_shapes", prefix="grid", num_prompts=0)
     )
-    config.data = lm.data  # the same captions, tokenizer and context
+    config.data = lm.data  # the same captions and tokenizer ...
+    config.data.chain_captions = False  # ... one per image, after the image prefix in the first's place
+    config.data.context_length = 16
     config.data.train = tiny.data.train  # images of 32 px
     config.batch_size = 64
     config.total_steps = 300

@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.lm.name = "gpt-j-tiny"
     config.lm.overrides = ml_collections.ConfigDict(LM)
     config.data.train = "shapes#size=32"  # the pipeline decodes images too; a text-only run drops them
-    config.data.context_length = 16
+    config.data.context_length = 32  # two captions of at most 15 tokens each, chained
+    config.data.chain_captions = True  # [SOT, caption 1, SOT, caption 2, EOT]: the second names what the first did
     config.data.shuffle_buffer = 1000
     config.batch_size = 64
     config.total_steps = 500

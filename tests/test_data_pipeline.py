@@ -229,6 +229,32 @@ def test_caption_lists_sampled_in_training_and_all_kept_in_eval(tmp_path):
     assert detokenize(batch["tokens"][1]) == ["r1", "r1b", "r1c"]
 
 
+def test_chained_captions_hold_all_of_an_examples_captions():
+    """chain_captions (a caption LM's training): start, caption, start, next caption, end, zeros; cut to the
+    context with the end token last; in the pipeline each row is one `shapes` example's two captions."""
+    from clip_jax.data import shapes
+    from clip_jax.data.pipeline import chained_tokens
+    from clip_jax.tokenizers import ClipTokenizer
+
+    tokenizer = ClipTokenizer(32)
+    sot, eot, encode = tokenizer.sot_token_id, tokenizer.eot_token_id, tokenizer.encode
+    expected = [sot, *encode("a red circle"), sot, *encode("the circle is red"), eot]
+    assert chained_tokens(tokenizer, ["a red circle", "the circle is red"], 32).tolist() == expected + [0] * (32 - len(expected))
+    assert chained_tokens(tokenizer, ["a red circle", "the circle is red"], 6).tolist() == expected[:5] + [eot]
+    batch = next(data.make_iterator(
+        "shapes#n=8&size=16", training=True, batch_size=8, image_size=16, context_length=32, chain_captions=True,
+        process_index=0, process_count=1,
+    ))
+    examples = [shapes.render(shapes.ShapesConfig(n=8, size=16), i).captions for i in range(8)]
+    for row in batch["tokens"].tolist():
+        end = row.index(eot)
+        second = row.index(sot, 1)
+        pair = (row[1:second], row[second + 1 : end])
+        assert any(sorted(pair) == sorted(encode(c) for c in captions) for captions in examples), row
+    with pytest.raises(ValueError, match="chain_captions"):
+        data.Pipeline("shapes", training=False, batch_size=4, chain_captions=True)
+
+
 def test_labels_without_text_and_make_dataset():
     ds = data.make_dataset(
         "shapes:val#n=10&size=16&label=color", training=False, batch_size=4, image_size=16, text=False,
@@ -241,7 +267,6 @@ def test_labels_without_text_and_make_dataset():
 
 
 def test_real_tokenizer_is_built_from_its_spec():
-    pytest.importorskip("clip_jax.tokenizers")
     batch = next(data.make_iterator(
         "shapes#n=8&size=16", training=True, batch_size=4, image_size=16, tokenizer="clip",
         process_index=0, process_count=1,

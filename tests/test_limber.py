@@ -271,6 +271,7 @@ def test_sharded_caption_step_equals_single_device(loss):
         ({"data.tokenizer": "sentencepiece:/x.model"}, "config.data.tokenizer"),
         ({"lit.lock_image": True}, "config.lit"),
         ({"init_from": "/w"}, "config.init_from"),
+        ({"data.chain_captions": True}, "config.data.chain_captions"),  # LiMBeR reads one caption per image
         ({"evals.x": ml_collections.ConfigDict(dict(type="zeroshot", data="shapes", every_steps=1))}, "config.evals.x.type"),
         ({"loss": "causal_lm", "evals.x": ml_collections.ConfigDict(dict(CAPTIONING, type="captioning"))}, "config.evals"),
     ],
@@ -301,3 +302,30 @@ def test_context_length_must_fit_learned_positions():
     config.limber.num_prompts = 5
     with pytest.raises(ConfigError, match="config.limber.num_prompts"):
         check_context_length(model, config)
+
+
+def test_papers_setup_shards_gpt_j_6b_over_fsdp():
+    """The paper's largest setup, RN50x16 grid features into GPT-J-6B, placed on a mesh of fsdp=8: every
+    frozen LM matrix of 1M entries or more is split 8 ways, so each device holds about 1/8 of the LM's 6.05B
+    parameters (shapes only: nothing is allocated)."""
+    from clip_jax import sharding
+
+    model = limber.create_limber("RN50x16", "gpt-j-6b", prefix="grid")
+    images, tokens = jnp.zeros((1, 384, 384, 3)), jnp.zeros((1, 16), jnp.int32)
+    boxed = jax.eval_shape(model.init, jax.random.key(0), images, tokens)["params"]
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    shardings = sharding.logical_shardings(boxed, mesh)
+    shapes = nn.meta.unbox(boxed)
+    lm_entries = sum(x.size for x in jax.tree.leaves(shapes["text"]))
+    assert lm_entries == 6_050_882_784  # gpt-j-6b, Hugging Face's count
+    per_device = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(shapes["text"]):
+        placed = shardings["text"]
+        for key in path:
+            placed = placed[key.key]
+        shard = placed.shard_shape(x.shape)
+        per_device += int(np.prod(shard))
+        if x.size >= 1 << 20:
+            assert "fsdp" in placed.spec, (jax.tree_util.keystr(path), placed.spec)
+    assert per_device <= lm_entries / 8 * 1.001, per_device / lm_entries
+    assert limber.grid_cells(model.visual) == 144 and shapes["projection"]["kernel"].shape == (3072, 4096)

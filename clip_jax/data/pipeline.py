@@ -45,7 +45,7 @@ import tensorflow as tf
 from clip_jax.data import eda, preprocess
 from clip_jax.data.order import hash64, rng
 from clip_jax.data.iterator import DataIterator
-from clip_jax.data.producer import StateLayout, StreamState, initial_state, produce
+from clip_jax.data.producer import CAPTION_SEPARATOR, StateLayout, StreamState, initial_state, produce
 from clip_jax.data.records import ERROR_KINDS
 from clip_jax.data.sources import ReadOptions, make_source
 from clip_jax.data.spec import parse_mixture
@@ -94,6 +94,8 @@ class Pipeline:
       chunk_size: examples handed from Python to tf.data at a time.
       declip_views: (training, with text) add DeCLIP's second image view
         "images_2" and EDA caption "tokens_aug" to every batch (see the module docstring).
+      chain_captions: (training, with text) each row holds all of an example's captions, from the
+        sampled one on, as `chained_tokens` joins them (a caption LM's training for LiMBeR).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class Pipeline:
         cycle_length: int = 8,
         chunk_size: int = 64,
         declip_views: bool = False,
+        chain_captions: bool = False,
     ):
         if process_index is None or process_count is None:
             import jax
@@ -132,6 +135,8 @@ class Pipeline:
             process_index, process_count = jax.process_index(), jax.process_count()
         if training and num_captions != 1:
             raise ValueError("training samples one caption per example: num_captions must be 1")
+        if chain_captions and not (training and text):
+            raise ValueError("chain_captions joins training captions: needs training=True, text=True")
         if declip_views and not (training and text):
             raise ValueError("declip_views adds training views of images and captions: needs training=True, text=True")
         self.num_streams = num_streams or process_count
@@ -153,7 +158,7 @@ class Pipeline:
         self.sources = self.stream_sources[self.streams[0]]
         self.weights = [w for _, w in mixture]
         self.batch_size, self.num_captions, self.chunk_size = batch_size, num_captions, chunk_size
-        self.declip_views = declip_views
+        self.declip_views, self.chain_captions = declip_views, chain_captions
         self.epochs = epochs if epochs is not None or training else 1
         self.augment = Augment(image_size, tuple(crop_scale), tuple(crop_ratio))
         self._normalize = preprocess.Normalizer(mean, std)
@@ -253,6 +258,7 @@ class Pipeline:
                 num_captions=self.num_captions,
                 start=start,
                 chunk_size=self.chunk_size,
+                chain_captions=self.chain_captions,
             )
 
         k = self.num_captions
@@ -336,7 +342,11 @@ class Pipeline:
         return (total, streak), {**e, "failures": total}
 
     def _tokenize(self, texts: np.ndarray) -> np.ndarray:
-        tokens = self.tokenizer([t.decode("utf-8") for t in texts.reshape(-1)])
+        strings = [t.decode("utf-8") for t in texts.reshape(-1)]
+        if self.chain_captions:
+            tokens = [chained_tokens(self.tokenizer, s.split(CAPTION_SEPARATOR), self.context_length) for s in strings]
+        else:
+            tokens = self.tokenizer(strings)
         return np.asarray(tokens, np.int32).reshape(*texts.shape, self.context_length)
 
     def _tokenize_with_eda(
@@ -380,6 +390,21 @@ class Pipeline:
         if self.declip_views:
             batch["images_2"] = self._normalize(e["image_2"])
         return batch, meta
+
+
+def chained_tokens(tokenizer: Tokenizer, captions: Sequence[str], context_length: int) -> np.ndarray:
+    """One row int32 [context_length] of several captions: start, ids of the first, start, ids of the next,
+    ..., end, then zeros; cut to the context with the end token last, as the tokenizer cuts one caption.
+
+    A caption LM trained on such rows learns that a text's later captions name what its first did: the
+    in-context reading that lets a frozen LM take an image prefix in its place (LiMBeR).
+    """
+    ids = [tokenizer.sot_token_id]
+    for caption in captions:
+        ids += [*tokenizer.encode(caption), tokenizer.sot_token_id]
+    ids = ids[:context_length]
+    ids[-1] = tokenizer.eot_token_id
+    return np.pad(np.asarray(ids, np.int32), (0, context_length - len(ids)))
 
 
 def augmented_caption(caption: str, seed: int, stream_index: int, m: int) -> str:

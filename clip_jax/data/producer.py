@@ -25,6 +25,8 @@ from clip_jax.data.sources import Source, stream
 
 log = logging.getLogger("clip_jax.data")
 _MIX_SALT, _CAPTION_SALT = 1, 2
+# Joins an example's captions in one training text (chain_captions); no caption holds it.
+CAPTION_SEPARATOR = "\x1e"
 _LOGGED_PER_KIND = 10
 
 
@@ -83,11 +85,13 @@ def produce(
     num_captions: int,
     start: StreamState,
     chunk_size: int,
+    chain_captions: bool = False,
 ) -> Iterator[tuple[np.ndarray, ...]]:
     """Chunks of up to `chunk_size` examples, as numpy arrays:
 
     images object(bytes) [C]; captions object(bytes) [C, K] ("" padded, K =
-    num_captions, 1 in training: one caption sampled per example);
+    num_captions, 1 in training: one caption sampled per example, or with
+    `chain_captions` all of them from the sampled one on, joined by CAPTION_SEPARATOR);
     num_captions int32 [C]; labels int32 [C]; m int64 [C]; state int64 [C, D].
     Stops when a source runs out (finite epochs).
     """
@@ -110,7 +114,9 @@ def produce(
         else:
             break
         if training:
-            texts = [item.captions[hash64(seed, stream_index, _CAPTION_SALT, m) % len(item.captions)]] if item.captions else [""]
+            first = hash64(seed, stream_index, _CAPTION_SALT, m) % max(len(item.captions), 1)
+            chosen = item.captions[first:] + item.captions[:first] if chain_captions else item.captions[first : first + 1]
+            texts = [CAPTION_SEPARATOR.join(chosen)]
         else:
             texts = list(item.captions[:num_captions]) + [""] * max(num_captions - len(item.captions), 0)
         m += 1

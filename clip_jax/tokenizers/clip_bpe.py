@@ -13,7 +13,7 @@ import functools
 import gzip
 import html
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import ftfy
@@ -62,14 +62,11 @@ def _load_vocab() -> _Vocab:
     return _Vocab(encoder={s: i for i, s in enumerate(symbols)}, ranks={m: i for i, m in enumerate(merges)})
 
 
-@functools.lru_cache(maxsize=1 << 18)
-def _bpe(word: str) -> tuple[int, ...]:
-    """Ids of one pre-tokenized word (already byte-mapped), merging greedily by rank."""
-    vocab = _load_vocab()
-    parts = [*word[:-1], word[-1] + END_OF_WORD]
+def merge_by_rank(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-level BPE on one word's symbols: merges the adjacent pair of lowest rank until none has a rank."""
     while len(parts) > 1:
-        best = min(zip(parts, parts[1:]), key=lambda pair: vocab.ranks.get(pair, NUM_MERGES))
-        if best not in vocab.ranks:
+        best = min(zip(parts, parts[1:]), key=lambda pair: ranks.get(pair, len(ranks)))
+        if best not in ranks:
             break
         merged, i = [], 0
         while i < len(parts):
@@ -80,7 +77,28 @@ def _bpe(word: str) -> tuple[int, ...]:
                 merged.append(parts[i])
                 i += 1
         parts = merged
-    return tuple(vocab.encoder[p] for p in parts)
+    return parts
+
+
+def framed_rows(
+    encode: Callable[[str], list[int]], texts: str | Sequence[str], start: int, end: int, context_length: int
+) -> np.ndarray:
+    """int32 [N, context_length] rows of start, encode(text), end, zeros; a text cut to the context keeps end last."""
+    if isinstance(texts, str):
+        texts = [texts]
+    out = np.zeros((len(texts), context_length), np.int32)
+    for row, text in zip(out, texts):
+        ids = [start, *encode(text), end][:context_length]
+        ids[-1] = end
+        row[: len(ids)] = ids
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _bpe(word: str) -> tuple[int, ...]:
+    """Ids of one pre-tokenized word (already byte-mapped), merging greedily by rank."""
+    vocab = _load_vocab()
+    return tuple(vocab.encoder[p] for p in merge_by_rank([*word[:-1], word[-1] + END_OF_WORD], vocab.ranks))
 
 
 def clean_text(text: str) -> str:
@@ -133,11 +151,4 @@ class ClipTokenizer:
 
     def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
         """Tokenizes a text or a batch of texts: int32 [N, context_length]."""
-        if isinstance(texts, str):
-            texts = [texts]
-        out = np.zeros((len(texts), self.context_length), np.int32)
-        for row, text in zip(out, texts):
-            ids = [self.sot_token_id, *self.encode(text), self.eot_token_id][: self.context_length]
-            ids[-1] = self.eot_token_id
-            row[: len(ids)] = ids
-        return out
+        return framed_rows(self.encode, texts, self.sot_token_id, self.eot_token_id, self.context_length)

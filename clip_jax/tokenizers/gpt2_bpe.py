@@ -21,7 +21,7 @@ import numpy as np
 import regex
 from etils import epath
 
-from clip_jax.tokenizers.clip_bpe import bytes_to_unicode
+from clip_jax.tokenizers.clip_bpe import bytes_to_unicode, framed_rows, merge_by_rank
 
 EOT = "<|endoftext|>"
 _SPECIAL = regex.compile(f"({regex.escape(EOT)})")
@@ -82,21 +82,7 @@ class Gpt2Tokenizer:
 
     def _bpe_uncached(self, word: str) -> tuple[int, ...]:
         """Ids of one pre-tokenized word (already byte-mapped), merging greedily by rank."""
-        parts = list(word)
-        while len(parts) > 1:
-            best = min(zip(parts, parts[1:]), key=lambda pair: self._ranks.get(pair, len(self._ranks)))
-            if best not in self._ranks:
-                break
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        return tuple(self._encoder[p] for p in parts)
+        return tuple(self._encoder[p] for p in merge_by_rank(list(word), self._ranks))
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, without EOT or padding.
@@ -124,11 +110,4 @@ class Gpt2Tokenizer:
 
     def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
         """Tokenizes a text or a batch of texts: int32 [N, context_length]."""
-        if isinstance(texts, str):
-            texts = [texts]
-        out = np.zeros((len(texts), self.context_length), np.int32)
-        for row, text in zip(out, texts):
-            ids = [self.sot_token_id, *self.encode(text), self.eot_token_id][: self.context_length]
-            ids[-1] = self.eot_token_id
-            row[: len(ids)] = ids
-        return out
+        return framed_rows(self.encode, texts, self.sot_token_id, self.eot_token_id, self.context_length)
