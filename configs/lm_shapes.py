@@ -35,12 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.chain_captions = True  # [SOT, caption 1, SOT, caption 2, EOT]: the second names what the first did
     config.data.shuffle_buffer = 1000
     config.batch_size = 64
-    config.total_steps = 500
+    config.total_steps = 1500
     config.optimizer.learning_rate = 3e-3
     config.optimizer.warmup_steps = 50
     config.optimizer.weight_decay = 0.01
-    config.checkpoint_every_steps = 250
-    config.log_every_steps = 50
+    config.checkpoint_every_steps = 500
+    config.log_every_steps = 100
     config.progress_every_seconds = 30.0
     config.evals = ml_collections.ConfigDict()
     return config
