@@ -9,12 +9,18 @@ r"""LiMBeR on `shapes`: configs/tiny.py's image tower and configs/lm_shapes.py's
 16 patch tokens (4 x 4 at 32 px, width 128, after ln_post) -> 16 vectors of
 the LM's width 64 by one Dense (8,256 parameters, the only ones that train;
 the towers get no optimizer state and stay bit-identical), 300 steps of
-batch 64. What it should reach: a caption loss (metric `loss`, same tokens
-as lm_shapes') below the LM's own at the end of lm_shapes, since the prefix
-tells the LM which colour and shape to name; the figures of full runs are
-not yet measured (tests/test_limber.py checks the plumbing at small sizes:
-the loss falls, the towers stay as loaded). `--config.limber.prefix=pooled
+batch 64, each image's caption after the prefix and the start token (the
+prefix takes the place of the first caption the LM was trained to repeat).
+The evals caption 200 fresh images of the training (shape, colour)
+combinations (val_*) and 200 of the held-out ones (heldout_*) greedily;
+"named" is the share of captions naming the image's colour (or shape) and no
+other, chance 1/6. Last run (6 minutes on 2 CPU cores shared with a test
+run; caption loss 0.90 at step 25 -> 0.64 at step 300): val colour 0.875,
+val shape 0.605, BLEU-4 0.117, CIDEr-D 1.43; held-out colour 0.875, held-out
+shape 0.075 (the LM never saw those shapes with those colours, and its
+prior overrules the image there). `--config.limber.prefix=pooled
 --config.limber.num_prompts=4` maps the pooled embedding instead.
+tests/test_limber_recipe.py (slow) runs all three.
 """
 import os
 import runpy
