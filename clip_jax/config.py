@@ -47,6 +47,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "ViT-B-32"
     c.dtype = "bfloat16"  # compute dtype; parameters and optimizer state stay float32
     c.remat_policy = "none"
+    # True: one `nn.scan` over each tower's transformer blocks. It compiles one block instead of every
+    # layer and keeps XLA from fusing the backward's residual-gradient sums across layers, which on CPU
+    # recomputes them in every layer (benchmarks/open_clip_side_by_side.py); the full-size recipes set it.
     c.scan_layers = False
     # Extra create_model overrides, e.g. {'text': {'vocab_size': 32000}}.
     c.model_overrides = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clip_jax.models.conv import conv_general_dilated
 from clip_jax.models.layers import Dtype, MultiHeadAttention, normal, param_with_axes, torch_default_kernel
 
 BN_EPS = 1e-5
@@ -19,6 +20,7 @@ def avg_pool(x: jax.Array, stride: int) -> jax.Array:
 
 
 def conv(features: int, kernel: int, stride: int, dtype: Dtype, name: str) -> nn.Conv:
+    """A bias-free k x k convolution with torch's padding and init (kernel gradient: `models.conv`)."""
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -28,6 +30,7 @@ def conv(features: int, kernel: int, stride: int, dtype: Dtype, name: str) -> nn
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=param_with_axes(torch_default_kernel(), (None, None, "conv_in", "conv_out")),
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 

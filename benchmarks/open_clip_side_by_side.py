@@ -1,0 +1,239 @@
+"""clip_jax against open_clip on the same machine, in the same run: train step and towers.
+
+    pip install open_clip_torch torch   # the benchmark's environment only, never the package's
+    python benchmarks/open_clip_side_by_side.py                       # ViT-B-32 and RN50, batch 16, fp32
+    python benchmarks/open_clip_side_by_side.py --models ViT-B-32 --rounds 3 --scan-layers both
+
+Each measurement runs in a fresh child process of this script, one library at
+a time, so neither library's thread pool competes with the other's; the
+rounds alternate clip_jax and open_clip and the table shows each one's median
+over the rounds and the ratio clip_jax / open_clip in throughput (above 1:
+clip_jax is faster). Both sides start from random weights of the same
+architecture and take the same work:
+
+- "train step": model forward and backward, the contrastive loss over the batch
+  (clip_jax: the compiled train step of `default_config()` with the model,
+  dtype float32; open_clip: `ClipLoss`) and an AdamW update;
+- "image fwd+bwd" / "text fwd+bwd": one tower's embeddings summed, gradient
+  with respect to that tower's parameters;
+- "image fwd" / "text fwd": one tower's embeddings, no gradient.
+
+Times are the median of --steps calls after --warmup (compilation excluded).
+--scan-layers picks clip_jax's layer layout: `nn.scan` over the transformer
+blocks (the recipes' setting), unrolled blocks, or both as separate rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+WORKS = ("train step", "image fwd+bwd", "text fwd+bwd", "image fwd", "text fwd")
+# The three matrix products of a text-tower MLP layer, x [B*77, 512] and W [512, 2048]: the forward's
+# x W, the weight gradient's x^T dy and the input gradient's dy W^T. Model-independent: run once.
+MATMULS = {"matmul x W": ((0, 1), (1,)), "matmul x^T dy": ((0, 2), (0,)), "matmul dy W^T": ((2, 1), (1,))}
+MATMUL_SHAPES = lambda batch: {0: (batch * CONTEXT_LENGTH, 512), 1: (512, 2048), 2: (batch * CONTEXT_LENGTH, 2048)}
+CONTEXT_LENGTH = 77
+VOCAB_SIZE = 49408
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="ViT-B-32,RN50", help="comma-separated open_clip model names")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--works", default=",".join(WORKS + tuple(MATMULS)),
+                        help=f"comma-separated, of {WORKS + tuple(MATMULS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each library")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--scan-layers", default="on", choices=["on", "off", "both"], help="clip_jax's layer layout")
+    parser.add_argument("--worker", choices=["clip_jax", "open_clip"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--scan", type=int, default=1, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def median_seconds(call: Callable[[], None], warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_operands(work: str, batch: int) -> list:
+    """float32 numpy operands of a MATMULS entry; the product contracts lhs axis `axes[1]` with rhs axis 0 or 1."""
+    import numpy as np
+
+    shapes = MATMUL_SHAPES(batch)
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(shapes[i], np.float32) for i in MATMULS[work][0]]
+
+
+def clip_jax_seconds(args: argparse.Namespace) -> float:
+    """Median seconds of one `args.work` call in clip_jax."""
+    import jax
+    import numpy as np
+
+    if args.work in MATMULS:
+        lhs, rhs = map(jax.device_put, matmul_operands(args.work, args.batch_size))
+        contract = {"matmul x W": ((1,), (0,)), "matmul x^T dy": ((0,), (0,)), "matmul dy W^T": ((1,), (1,))}
+        product = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (contract[args.work], ((), ()))))
+        return median_seconds(lambda: jax.block_until_ready(product(lhs, rhs)), args.warmup, args.steps)
+
+    from clip_jax import sharding, train_step
+    from clip_jax.config import default_config
+    from clip_jax.model_config import model_from_config
+
+    config = default_config()
+    config.update(model=args.model, dtype="float32", batch_size=args.batch_size, scan_layers=bool(args.scan))
+    model, _ = model_from_config(config)
+    size, batch = model.visual.image_size, args.batch_size
+    data_rng = np.random.default_rng(0)
+    images = data_rng.standard_normal((batch, size, size, 3), np.float32)
+    tokens = data_rng.integers(1, VOCAB_SIZE - 1, (batch, CONTEXT_LENGTH), dtype=np.int32)
+    if args.work == "train step":
+        mesh = sharding.make_mesh(config.mesh)
+        compiled = train_step.compile_training(model, config, mesh, jax.random.key(0))
+        state = compiled.init(jax.random.key(0))
+        inputs = jax.device_put({"images": images, "tokens": tokens}, sharding.batch_sharding(mesh))
+
+        def call() -> None:
+            nonlocal state
+            state, metrics = compiled.step(state, inputs)
+            jax.block_until_ready(metrics)
+
+        return median_seconds(call, args.warmup, args.steps)
+    variables = jax.jit(model.init)(jax.random.key(0), images[:1], tokens[:1])
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    tower, method, data = ("visual", model.encode_image, images) if args.work.startswith("image") else (
+        "text", model.encode_text, tokens)
+    data = jax.device_put(data)
+
+    def embed(tower_params, data):
+        """The tower's embeddings in training mode (a ResNet normalises with the batch's statistics)."""
+        embeddings, _ = model.apply({"params": {**params, tower: tower_params}, "batch_stats": batch_stats}, data,
+                                    train=True, method=method, mutable=["batch_stats"])
+        return embeddings
+
+    if args.work.endswith("fwd+bwd"):
+        fn = jax.jit(jax.grad(lambda p, x: embed(p, x).sum()))
+    else:
+        fn = jax.jit(embed)
+    return median_seconds(lambda: jax.block_until_ready(fn(params[tower], data)), args.warmup, args.steps)
+
+
+def open_clip_seconds(args: argparse.Namespace) -> float:
+    """Median seconds of one `args.work` call in open_clip."""
+    import open_clip
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    if args.work in MATMULS:
+        lhs, rhs = map(torch.from_numpy, matmul_operands(args.work, args.batch_size))
+        product = {"matmul x W": lambda: lhs @ rhs, "matmul x^T dy": lambda: lhs.t() @ rhs,
+                   "matmul dy W^T": lambda: lhs @ rhs.t()}[args.work]
+        return median_seconds(product, args.warmup, args.steps)
+    model = open_clip.create_model(args.model)
+    model.train()
+    size, batch = model.visual.image_size, args.batch_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    images = torch.randn(batch, 3, size, size)
+    tokens = torch.randint(1, VOCAB_SIZE - 1, (batch, CONTEXT_LENGTH))
+    if args.work == "train step":
+        loss_fn = open_clip.ClipLoss()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
+
+        def call() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            image_features, text_features, logit_scale = model(images, tokens)
+            loss_fn(image_features, text_features, logit_scale).backward()
+            optimizer.step()
+
+        return median_seconds(call, args.warmup, args.steps)
+    image = args.work.startswith("image")
+    encode, data = (model.encode_image, images) if image else (model.encode_text, tokens)
+    if args.work.endswith("fwd+bwd"):
+        tower_params = []
+        for name, p in model.named_parameters():  # the image tower is visual.*, the text tower the rest
+            p.requires_grad_(name.startswith("visual.") == image and name != "logit_scale")
+            if p.requires_grad:
+                tower_params.append(p)
+
+        def call() -> None:
+            for p in tower_params:
+                p.grad = None
+            encode(data).sum().backward()
+
+        return median_seconds(call, args.warmup, args.steps)
+
+    def forward() -> None:
+        with torch.no_grad():
+            encode(data)
+
+    return median_seconds(forward, args.warmup, args.steps)
+
+
+def worker(args: argparse.Namespace) -> None:
+    seconds = clip_jax_seconds(args) if args.worker == "clip_jax" else open_clip_seconds(args)
+    print(json.dumps({"seconds": seconds}))
+
+
+def measure(library: str, model: str, work: str, scan: bool, args: argparse.Namespace) -> float:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", library, "--model", model, "--work", work,
+               "--scan", str(int(scan)), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
+               "--steps", str(args.steps)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{library} {model} {work} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def versions() -> str:
+    import jax
+    import open_clip
+    import torch
+
+    return f"jax {jax.__version__}, torch {torch.__version__}, open_clip {open_clip.__version__}"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    scans = {"on": [True], "off": [False], "both": [True, False]}[args.scan_layers]
+    print(f"{os.cpu_count()} CPU cores; {versions()}; batch {args.batch_size}, float32, median of {args.steps} calls "
+          f"after {args.warmup}, {args.rounds} alternating rounds")
+    print(f"| model | work | clip_jax layers | clip_jax s | open_clip s | clip_jax samples/s | open_clip samples/s "
+          f"| ratio |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    works = args.works.split(",")
+    rows = [(model, work, scan) for model in args.models.split(",") for work in works if work in WORKS
+            for scan in (scans[:1] if model.startswith("RN") and work.startswith("image") else scans)]
+    rows += [("-", work, True) for work in works if work in MATMULS]
+    for model, work, scan in rows:
+        jax_times, torch_times = [], []
+        for _ in range(args.rounds):
+            jax_times.append(measure("clip_jax", model, work, scan, args))
+            torch_times.append(measure("open_clip", model, work, scan, args))
+        ours, theirs = statistics.median(jax_times), statistics.median(torch_times)
+        layers = "scan" if scan else "unrolled"
+        if work in MATMULS or (model.startswith("RN") and work.startswith("image")):
+            layers = "-"
+        rates = ["-", "-"] if work in MATMULS else [f"{args.batch_size / s:.2f}" for s in (ours, theirs)]
+        print(f"| {model} | {work} | {layers} | {ours:.4f} | {theirs:.4f} | {rates[0]} | {rates[1]} "
+              f"| {theirs / ours:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""2-D convolution (NHWC, HWIO kernels) whose kernel gradient on CPU is a sum of matrix products.
+
+The forward pass and the input gradient are XLA's own convolutions on every
+platform. The kernel gradient is where XLA's CPU backend is slow: it computes
+dW[kh, kw, i, o] = sum over (b, y, x) of x_padded[b, s y + kh, s x + kw, i] dy[b, y, x, o]
+as a convolution with the batch as the contracting feature, 10-17x slower than
+the same arithmetic as kh x kw matrix products [B Ho Wo, I]^T [B Ho Wo, O]
+(RN50's stage-2 1x1 kernel gradient at batch 16: 538 ms against 31 ms;
+`benchmarks/open_clip_side_by_side.py` shows the whole image tower). On CPU the
+kernel gradient is therefore those products, chosen at lowering time with
+`jax.lax.platform_dependent`; GPUs and TPUs keep XLA's convolution (cuDNN's and
+the TPU's kernel-gradient convolutions are fast). Both compute the same sums in
+another order: equal to float32 rounding.
+
+`conv_general_dilated` has `jax.lax.conv_general_dilated`'s signature, so
+`flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)` uses it;
+what it does not cover (dilation, feature groups, other layouts) goes to
+`jax.lax.conv_general_dilated` unchanged.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], ...]
+
+
+def _conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
+
+
+def kernel_grad_by_products(
+    x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding
+) -> jax.Array:
+    """x [B, H, W, I], dy [B, Ho, Wo, O] -> dW [kh, kw, I, O] as kh x kw matrix products over (b, y, x)."""
+    kh, kw = kernel_shape[:2]
+    (sy, sx), (ho, wo) = strides, dy.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    rows = []
+    for i in range(kh):
+        row = []
+        for j in range(kw):
+            window = jax.lax.slice(  # [B, Ho, Wo, I]: the inputs that kernel tap (i, j) multiplies
+                padded, (0, i, j, 0), (x.shape[0], i + sy * (ho - 1) + 1, j + sx * (wo - 1) + 1, x.shape[3]),
+                (1, sy, sx, 1),
+            )
+            row.append(jnp.einsum("bhwo,bhwi->oi", dy, window, preferred_element_type=jnp.float32).T)
+        rows.append(jnp.stack(row))
+    return jnp.stack(rows)
+
+
+def kernel_grad_by_transpose(
+    x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding
+) -> jax.Array:
+    """XLA's own kernel gradient: the transpose of the convolution, linear in the kernel. [kh, kw, I, O]."""
+    template = jax.ShapeDtypeStruct(kernel_shape, dy.dtype)
+    (grad,) = jax.linear_transpose(lambda k: _conv(x, k, strides, padding), template)(dy)
+    return grad
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """x [B, H, W, I], kernel [kh, kw, I, O] -> [B, Ho, Wo, O]; padding ((top, bottom), (left, right))."""
+    return _conv(x, kernel, strides, padding)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, residuals, dy):
+    x, kernel = residuals
+    (dx,) = jax.linear_transpose(lambda v: _conv(v, kernel, strides, padding), x)(dy)
+    grad = functools.partial(kernel_grad_by_products, kernel_shape=kernel.shape, strides=strides, padding=padding)
+    default = functools.partial(kernel_grad_by_transpose, kernel_shape=kernel.shape, strides=strides, padding=padding)
+    dkernel = jax.lax.platform_dependent(x, dy, cpu=grad, default=default)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`jax.lax.conv_general_dilated`, through `conv2d` for plain NHWC/HWIO 2-D convolutions."""
+    as_numbers = lambda numbers: jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, numbers)
+    plain = (
+        lhs.ndim == 4 and dimension_numbers is not None and as_numbers(dimension_numbers) == as_numbers(NHWC)
+        and all(d == 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1)))
+        and feature_group_count == 1 and batch_group_count == 1 and precision is None and preferred_element_type is None
+    )
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+            batch_group_count, precision, preferred_element_type,
+        )
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return conv2d(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
