@@ -69,3 +69,18 @@ def test_other_convolutions_go_to_lax_unchanged():
         jax.jit(same)(x, kernel),
         jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=conv.NHWC),
     )
+
+
+def test_bfloat16_kernel_gradient_is_float32_sums_rounded_once():
+    x, kernel, padding, _, dy = (a.astype(jnp.bfloat16) if hasattr(a, "astype") else a for a in operands(*CASES[0]))
+    ours = lambda w: conv.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=conv.NHWC)
+    grad = jax.jit(lambda dy: jax.vjp(ours, kernel)[1](dy)[0])(dy)
+    assert grad.dtype == jnp.bfloat16
+    as_f32 = lambda a: a.astype(jnp.float32)
+    args = dict(kernel_shape=kernel.shape, strides=(1, 1), padding=padding)
+    want = np.asarray(conv.kernel_grad_by_transpose(as_f32(x), as_f32(dy), **args))
+    # Sums of the same bfloat16 products in float32 (bound as above), then one rounding to bfloat16 (2^-9 relative).
+    n = dy.shape[0] * dy.shape[1] * dy.shape[2]
+    sums_bound = 2 * n * np.finfo(np.float32).eps * np.asarray(
+        conv.kernel_grad_by_products(jnp.abs(as_f32(x)), jnp.abs(as_f32(dy)), **args))
+    assert np.all(np.abs(np.asarray(as_f32(grad)) - want) <= np.abs(want) * 2.0**-8 + sums_bound)

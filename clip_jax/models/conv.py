@@ -37,10 +37,12 @@ def _conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Pa
 def kernel_grad_by_products(
     x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding
 ) -> jax.Array:
-    """x [B, H, W, I], dy [B, Ho, Wo, O] -> dW [kh, kw, I, O] as kh x kw matrix products over (b, y, x)."""
+    """x [B, H, W, I], dy [B, Ho, Wo, O] -> dW [kh, kw, I, O] in dy's dtype, as kh x kw matrix products over
+    (b, y, x) accumulated in float32."""
     kh, kw = kernel_shape[:2]
     (sy, sx), (ho, wo) = strides, dy.shape[1:3]
-    padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    padded = jnp.pad(x.astype(jnp.float32), ((0, 0), padding[0], padding[1], (0, 0)))  # CPU dots: no bf16 x bf16 -> f32
+    dy32 = dy.astype(jnp.float32)
     rows = []
     for i in range(kh):
         row = []
@@ -49,9 +51,9 @@ def kernel_grad_by_products(
                 padded, (0, i, j, 0), (x.shape[0], i + sy * (ho - 1) + 1, j + sx * (wo - 1) + 1, x.shape[3]),
                 (1, sy, sx, 1),
             )
-            row.append(jnp.einsum("bhwo,bhwi->oi", dy, window, preferred_element_type=jnp.float32).T)
+            row.append(jnp.einsum("bhwo,bhwi->oi", dy32, window).T)  # dy^T x: x^T dy copies dy's producers
         rows.append(jnp.stack(row))
-    return jnp.stack(rows)
+    return jnp.stack(rows).astype(dy.dtype)
 
 
 def kernel_grad_by_transpose(

@@ -113,7 +113,7 @@ class MultiHeadAttention(nn.Module):
         q = projection("query")(queries) * jnp.asarray(head_dim**-0.5, self.dtype)  # [B, Q, H, Dh]
         k = projection("key")(keys_values)  # [B, K, H, Dh]
         v = projection("value")(keys_values)  # [B, K, H, Dh]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)  # [B, H, Q, K]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
