@@ -36,7 +36,12 @@ from typing import Callable
 WORKS = ("train step", "image fwd+bwd", "text fwd+bwd", "image fwd", "text fwd")
 # The three matrix products of a text-tower MLP layer, x [B*77, 512] and W [512, 2048]: the forward's
 # x W, the weight gradient's x^T dy and the input gradient's dy W^T. Model-independent: run once.
-MATMULS = {"matmul x W": ((0, 1), (1,)), "matmul x^T dy": ((0, 2), (0,)), "matmul dy W^T": ((2, 1), (1,))}
+# Each: (operands, as keys of MATMUL_SHAPES; the contracted (lhs, rhs) axes).
+MATMULS = {
+    "matmul x W": ((0, 1), ((1,), (0,))),
+    "matmul x^T dy": ((0, 2), ((0,), (0,))),
+    "matmul dy W^T": ((2, 1), ((1,), (1,))),
+}
 MATMUL_SHAPES = lambda batch: {0: (batch * CONTEXT_LENGTH, 512), 1: (512, 2048), 2: (batch * CONTEXT_LENGTH, 2048)}
 CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
@@ -71,7 +76,7 @@ def median_seconds(call: Callable[[], None], warmup: int, steps: int) -> float:
 
 
 def matmul_operands(work: str, batch: int) -> list:
-    """float32 numpy operands of a MATMULS entry; the product contracts lhs axis `axes[1]` with rhs axis 0 or 1."""
+    """float32 numpy operands [lhs, rhs] of a MATMULS entry."""
     import numpy as np
 
     shapes = MATMUL_SHAPES(batch)
@@ -86,8 +91,7 @@ def clip_jax_seconds(args: argparse.Namespace) -> float:
 
     if args.work in MATMULS:
         lhs, rhs = map(jax.device_put, matmul_operands(args.work, args.batch_size))
-        contract = {"matmul x W": ((1,), (0,)), "matmul x^T dy": ((0,), (0,)), "matmul dy W^T": ((1,), (1,))}
-        product = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (contract[args.work], ((), ()))))
+        product = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (MATMULS[args.work][1], ((), ()))))
         return median_seconds(lambda: jax.block_until_ready(product(lhs, rhs)), args.warmup, args.steps)
 
     from clip_jax import sharding, train_step

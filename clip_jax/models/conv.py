@@ -5,7 +5,7 @@ platform. The kernel gradient is where XLA's CPU backend is slow: it computes
 dW[kh, kw, i, o] = sum over (b, y, x) of x_padded[b, s y + kh, s x + kw, i] dy[b, y, x, o]
 as a convolution with the batch as the contracting feature, 10-17x slower than
 the same arithmetic as kh x kw matrix products [B Ho Wo, I]^T [B Ho Wo, O]
-(RN50's stage-2 1x1 kernel gradient at batch 16: 538 ms against 31 ms;
+(RN50's stage-2 1x1 kernel gradient at batch 16: 538 ms against 29 ms;
 `benchmarks/open_clip_side_by_side.py` shows the whole image tower). On CPU the
 kernel gradient is therefore those products, chosen at lowering time with
 `jax.lax.platform_dependent`; GPUs and TPUs keep XLA's convolution (cuDNN's and
