@@ -109,7 +109,8 @@ def clip_jax_seconds(args: argparse.Namespace) -> float:
         mesh = sharding.make_mesh(config.mesh)
         compiled = train_step.compile_training(model, config, mesh, jax.random.key(0))
         state = compiled.init(jax.random.key(0))
-        inputs = jax.device_put({"images": images, "tokens": tokens}, sharding.batch_sharding(mesh))
+        pixels = data_rng.integers(0, 256, images.shape, dtype=np.uint8)  # the step normalizes them, as in training
+        inputs = jax.device_put({"images": pixels, "tokens": tokens}, sharding.batch_sharding(mesh))
 
         def call() -> None:
             nonlocal state

@@ -17,8 +17,10 @@ and from images preprocessed here agree.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -26,6 +28,21 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ImageLike = Image.Image | np.ndarray
+
+
+def normalize(pixels: jax.Array, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD) -> jax.Array:
+    """uint8 pixels [..., 3] -> float32 model inputs (x / 255 - mean) / std, on the device."""
+    scale = jnp.asarray([1 / (255.0 * s) for s in std], jnp.float32)
+    offset = jnp.asarray([-m / s for m, s in zip(mean, std, strict=True)], jnp.float32)
+    return pixels.astype(jnp.float32) * scale + offset
+
+
+def model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """A batch with its uint8 image fields ("images", "images_2", ...) normalized (`normalize`); others as they are.
+
+    Training batches cross to the devices as uint8 pixels, a quarter of float32's bytes.
+    """
+    return {k: normalize(v) if k.startswith("images") and v.dtype == jnp.uint8 else v for k, v in batch.items()}
 
 
 def as_pil(image: ImageLike) -> Image.Image:

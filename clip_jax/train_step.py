@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import config as config_lib
 from clip_jax import optim
+from clip_jax.images import model_inputs
 from clip_jax.objectives import Contrastive, make_objective
 from clip_jax.sharding import BATCH_AXES, batch_sharding, replicated
 from clip_jax.train_state import State, compile_init, parameter_shardings, state_shardings
@@ -102,7 +103,7 @@ def loss_and_grads(
     global_loss = global_loss_fn(objective, mesh)
     params, batch_stats, extra, step = state["params"], state["batch_stats"], state["extra"], state["step"]
     num = config.num_microbatches
-    inputs = jax.lax.with_sharding_constraint(objective.prepare(step, batch), batch_sharding(mesh))
+    inputs = jax.lax.with_sharding_constraint(objective.prepare(step, model_inputs(batch)), batch_sharding(mesh))
 
     if num == 1:
 

@@ -26,7 +26,7 @@ from test_data_util import (
     write_wds,
 )
 
-from clip_jax import data
+from clip_jax import data, images
 from clip_jax.data import pipeline as pipeline_module
 
 MEAN, STD = np.array(data.OPENAI_MEAN), np.array(data.OPENAI_STD)
@@ -180,6 +180,32 @@ def test_nothing_valid_fails_naming_the_source(tmp_path):
             next(make(source, training=training).iterator())
 
 
+def test_undecodable_images_at_chunk_edges_are_counted_exactly(tmp_path):
+    """The producer hands tf.data chunks of 4: failures that end a chunk, start the next, and inside one.
+
+    (Counts run up to the last example delivered, as the resume state does.)
+    """
+    bad = {3, 4, 9}
+    write_tar(str(tmp_path / "00000.tar"), [
+        m for i in range(12) for m in sample_members(i, **({"image": corrupt_jpeg(i)} if i in bad else {}))
+    ])
+    it = make(f"wds:{tmp_path}/*.tar", training=False, batch_size=3, chunk_size=4).iterator()
+    got = [n for b in it for n, ok in zip(names(b), b["mask"], strict=True) if ok]
+    assert got == [f"r{i}" for i in range(12) if i not in bad]
+    assert it.error_counts()["bad_image"] == len(bad)
+
+
+def test_uint8_pixels_normalize_to_the_float_batch(shards):
+    """normalize=False (what training sends to the devices): the same pixels, before `images.normalize`."""
+    floats = next(make(shards).iterator())
+    pixels = next(make(shards, normalize=False).iterator())
+    assert pixels["images"].dtype == np.uint8
+    np.testing.assert_array_equal(pixels["tokens"], floats["tokens"])
+    # Both compute x * (1 / (255 std)) + (-mean / std) in float32 (XLA on TF's side, jnp here), |result| <= 2.2:
+    # each rounds at most twice (multiply, add; once with FMA), 2 ulp of 2.2 = 4.8e-7, so they differ by < 1e-6.
+    np.testing.assert_allclose(images.normalize(pixels["images"]), floats["images"], rtol=0, atol=1e-6)
+
+
 def test_a_streak_of_undecodable_images_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline_module, "MAX_CONSECUTIVE_DECODE_FAILURES", 5)
     write_tar(str(tmp_path / "00000.tar"), [m for i in range(3) for m in sample_members(i, image=corrupt_jpeg(i))])
@@ -329,7 +355,7 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, pro
 import numpy as np
 sys.path.insert(0, sys.argv[4])
 from test_data_util import CONTEXT, CharTokenizer, detokenize
-from clip_jax import data
+from clip_jax import data, images
 pipe = data.Pipeline(sys.argv[3], training=False, batch_size=4, image_size=16, tokenizer=CharTokenizer(),
                      context_length=CONTEXT, cycle_length=2)  # process index and count from jax
 local = next(pipe.iterator())

@@ -41,7 +41,7 @@ def compile_lit(model_name, lock_image):
 
 def lit_batch(image_size, seed):
     batch = make_batch(seed)
-    images = np.random.default_rng(seed).standard_normal((BATCH, image_size, image_size, 3)).astype(np.float32)
+    images = np.random.default_rng(seed).integers(0, 256, (BATCH, image_size, image_size, 3), dtype=np.uint8)
     return {"images": images, "tokens": batch["tokens"][:, :CONTEXT]}
 
 

@@ -17,16 +17,18 @@ every example gets its index and the resume state after it; TensorFlow decodes a
 augments in parallel (per-example seeds from the stream index, so results do
 not depend on thread timing), batches, and tokenizes each batch with the
 configured tokenizer. An image that fails to decode is dropped and counted
-without disturbing the stream: each decode runs in its own one-element
-dataset with its own `ignore_errors`, so errors from anywhere else still stop
-the run.
+without disturbing the stream: each chunk of examples from the producer is
+decoded in its own dataset with its own `ignore_errors`, so errors from
+anywhere else still stop the run, and the gaps in the example indices count
+the failures.
 
-Batches: "images" float32 [B, S, S, 3] normalized; "tokens" int32 [B, L]
+Batches: "images" float32 [B, S, S, 3] normalized (uint8 pixels [B, S, S, 3]
+with normalize=False, as training takes them to the devices); "tokens" int32 [B, L]
 (text=True; [B, K, L] with "caption_mask" bool [B, K] when num_captions K > 1);
 "labels" int32 [B] (labels=True); "mask" bool [B] in evaluation, where the
 last batch is padded to B (training drops the remainder instead). With
-declip_views (training), DeCLIP's extra views: "images_2" float32 [B, S, S, 3]
-normalized, a second random resized crop of the same image, randomly
+declip_views (training), DeCLIP's extra views: "images_2" [B, S, S, 3]
+as "images", a second random resized crop of the same image, randomly
 flipped; "tokens_aug" int32 [B, L], an EDA-augmented copy of the caption in
 "tokens" (`eda.augment_caption`). Their seeds are functions of (seed,
 stream, example index) like the first crop's.
@@ -56,6 +58,8 @@ STATE_VERSION = 2
 MAX_CONSECUTIVE_DECODE_FAILURES = 10_000
 # Salts of DeCLIP's per-stream keys: second crop, its flip, the caption's EDA.
 _CROP_2_SALT, _FLIP_SALT, _EDA_SALT = 2, 3, 4
+# Producer chunks decoded at once (each with its own parallel map), in stream order.
+_CHUNKS_IN_FLIGHT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +100,8 @@ class Pipeline:
         "images_2" and EDA caption "tokens_aug" to every batch (see the module docstring).
       chain_captions: (training, with text) each row holds all of an example's captions, from the
         sampled one on, as `chained_tokens` joins them (a caption LM's training for LiMBeR).
+      normalize: images as float32 model inputs normalized by mean and std; False: as uint8
+        pixels, a quarter of the bytes, for a step that normalizes on the device (`clip_jax.images.normalize`).
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class Pipeline:
         chunk_size: int = 64,
         declip_views: bool = False,
         chain_captions: bool = False,
+        normalize: bool = True,
     ):
         if process_index is None or process_count is None:
             import jax
@@ -161,7 +168,7 @@ class Pipeline:
         self.declip_views, self.chain_captions = declip_views, chain_captions
         self.epochs = epochs if epochs is not None or training else 1
         self.augment = Augment(image_size, tuple(crop_scale), tuple(crop_ratio))
-        self._normalize = preprocess.Normalizer(mean, std)
+        self._normalize = preprocess.Normalizer(mean, std) if normalize else None
         self.layout = StateLayout(tuple(len(c) for c in initial_state(self.sources).cursors))  # the same for every stream
         self.tokenizer: Tokenizer | None = None
         if text:
@@ -270,14 +277,16 @@ class Pipeline:
             tf.TensorSpec([None], tf.int64),
             tf.TensorSpec([None, self.layout.size], tf.int64),
         )
-        ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+        ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
         ds = ds.map(lambda image, texts, count, label, m, st: dict(
             image=image, texts=texts, count=count, label=label, m=m, state=st))
         ds = ds.interleave(
-            lambda e: self._decode_one(stream_index, e),
-            cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+            lambda chunk: self._decode_chunk(stream_index, chunk),
+            cycle_length=_CHUNKS_IN_FLIGHT, block_length=self.chunk_size + 1,
+            num_parallel_calls=_CHUNKS_IN_FLIGHT, deterministic=True,
         )
-        ds = ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), self._count_failures)
+        first = (tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.constant(start.m, tf.int64))
+        ds = ds.scan(first, self._count_failures)
         ds = ds.filter(lambda e: e["ok"])
         ds = ds.batch(self.batch_size // len(self.streams), drop_remainder=self.read.training)
         finish = functools.partial(self._finish_batch, stream_index)
@@ -287,19 +296,23 @@ class Pipeline:
         """A resumable iterator of host-local numpy batches."""
         return DataIterator(self, state)
 
-    def _decode_one(self, stream_index: int, element: dict[str, tf.Tensor]) -> tf.data.Dataset:
-        """One example as a one-element dataset: decoded (ok=True), or a blank with ok=False.
+    def _decode_chunk(self, stream_index: int, chunk: dict[str, tf.Tensor]) -> tf.data.Dataset:
+        """A chunk of examples from the producer [C, ...] -> its decoded examples (ok=True), then a marker.
 
+        An example whose image fails to decode is left out (the chunk's own
+        `ignore_errors`, so errors anywhere else still stop the run); the
+        marker (ok=False, the chunk's last example index m) lets
+        `_count_failures` count the missing ones, at the chunk's end too.
         The random crop's seed is (crop key, m): a function of the seed, the stream and the example.
         With declip_views, "image_2" holds the second view (`_second_view`);
         a failure to decode either view drops the example.
         """
         a = self.augment
-        seed = tf.stack([tf.constant(_stream_key(self.read.seed, stream_index), tf.int64), element["m"]])
-        blank_image = tf.zeros([a.image_size] * 2 + [3])
+        key = tf.constant(_stream_key(self.read.seed, stream_index), tf.int64)
 
         def decode(e: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             if self.read.training:
+                seed = tf.stack([key, e["m"]])
                 image = preprocess.random_resized_crop(e["image"], seed, a.image_size, a.crop_scale, a.crop_ratio)
             else:
                 image = preprocess.resize_center_crop(e["image"], a.image_size)
@@ -308,13 +321,16 @@ class Pipeline:
                 views["image_2"] = self._second_view(stream_index, e["image"], e["m"])
             return {**e, "image": image, **views, "ok": tf.constant(True)}
 
+        blank_image = tf.zeros([a.image_size] * 2 + [3], tf.uint8)
         views = {"image_2": blank_image} if self.declip_views else {}
-        blank = {**element, "image": blank_image, **views, "ok": tf.constant(False)}
-        decoded = tf.data.Dataset.from_tensors(element).map(decode).ignore_errors()
-        return decoded.concatenate(tf.data.Dataset.from_tensors(blank)).take(1)
+        marker = {**{k: v[-1] for k, v in chunk.items()}, "image": blank_image, **views, "ok": tf.constant(False)}
+        decoded = tf.data.Dataset.from_tensor_slices(chunk).map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ).ignore_errors()
+        return decoded.concatenate(tf.data.Dataset.from_tensors(marker))
 
     def _second_view(self, stream_index: int, data: tf.Tensor, m: tf.Tensor) -> tf.Tensor:
-        """DeCLIP's second view of encoded bytes: float32 pixel values [S, S, 3].
+        """DeCLIP's second view of encoded bytes: uint8 pixels [S, S, 3].
 
         A random resized crop with the first one's ranges and a random
         horizontal flip, each seeded by (its own key of the seed and stream, m).
@@ -328,18 +344,23 @@ class Pipeline:
         return tf.image.stateless_random_flip_left_right(image, tf.stack([tf.constant(flip_key, tf.int64), m]))
 
     def _count_failures(
-        self, counts: tuple[tf.Tensor, tf.Tensor], e: dict[str, tf.Tensor]
-    ) -> tuple[tuple[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
-        """Running (total, consecutive) decode failures; fails the run on a hopeless streak."""
-        failed = tf.cast(tf.logical_not(e["ok"]), tf.int64)
-        total, streak = counts[0] + failed, (counts[1] + 1) * failed
+        self, counts: tuple[tf.Tensor, tf.Tensor, tf.Tensor], e: dict[str, tf.Tensor]
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+        """Running (total, consecutive, next expected m) decode failures; fails the run on a hopeless streak.
+
+        The examples missing before a decoded one (or up to a chunk's marker) failed to decode.
+        """
+        total, streak, expected = counts
+        ok = tf.cast(e["ok"], tf.int64)
+        missing = e["m"] + 1 - ok - expected
+        total, streak = total + missing, streak + missing
         sources = ", ".join(s.spec.text for s in self.sources)  # no quotes: TF would escape them
         limit = MAX_CONSECUTIVE_DECODE_FAILURES
         message = f"NoValidDataError: data source(s) {sources}: {limit} images in a row failed to decode"
         check = tf.debugging.Assert(streak < limit, [message])
         with tf.control_dependencies([check]):
             total = tf.identity(total)
-        return (total, streak), {**e, "failures": total}
+        return (total, streak * (1 - ok), e["m"] + 1), {**e, "failures": total}
 
     def _tokenize(self, texts: np.ndarray) -> np.ndarray:
         strings = [t.decode("utf-8") for t in texts.reshape(-1)]
@@ -363,7 +384,7 @@ class Pipeline:
         self, stream_index: int, e: dict[str, tf.Tensor]
     ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         """Tokenizes, pads evaluation batches to full size, and splits off the resume metadata."""
-        batch = {"images": e["image"]}  # pixel values; normalized below, at the final batch shape
+        batch = {"images": e["image"]}  # uint8 pixels; normalized below (if asked), at the final batch shape
         if self.tokenizer is not None:
             if self.declip_views:
                 tokens, tokens_aug = tf.numpy_function(
@@ -386,9 +407,10 @@ class Pipeline:
             n = tf.shape(e["image"])[0]
             batch["mask"] = tf.ones([n], tf.bool)
             batch = {k: _pad(v, self.batch_size // len(self.streams)) for k, v in batch.items()}
-        batch["images"] = self._normalize(batch["images"])
         if self.declip_views:
-            batch["images_2"] = self._normalize(e["image_2"])
+            batch["images_2"] = e["image_2"]
+        if self._normalize is not None:
+            batch = {k: self._normalize(v) if k.startswith("images") else v for k, v in batch.items()}
         return batch, meta
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec
 
+from clip_jax.images import model_inputs
 from clip_jax.losses.common import AxisName, psum
 from clip_jax.losses.declip import masked_lm_sums
 
@@ -65,7 +66,7 @@ class CausalLm:
         return {"tokens": ((self.config.batch_size, self.config.data.context_length), jnp.int32)}
 
     def one_example_batch(self) -> Arrays:
-        return {name: jnp.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in self.batch_shapes().items()}
+        return model_inputs({name: jnp.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in self.batch_shapes().items()})
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         return self.model.init(rng, self.one_example_batch()["tokens"])

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec
 
 from clip_jax import config as config_lib
 from clip_jax import flip, losses
+from clip_jax.images import model_inputs
 from clip_jax.losses.common import AxisName
 
 Arrays = dict[str, jax.Array]
@@ -49,7 +50,7 @@ def loss_function(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]
 class Contrastive:
     """Images and captions through the two towers, the contrastive loss of config.loss across devices.
 
-    Batch fields: "images" [B, S, S, 3], "tokens" [B, L]. Outputs: "image_embeds" and
+    Batch fields: "images" uint8 [B, S, S, 3] (pixels, normalized in the step), "tokens" [B, L]. Outputs: "image_embeds" and
     "text_embeds" [B, E], L2-normalized. No extra state.
     """
 
@@ -65,13 +66,13 @@ class Contrastive:
     def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
         """Each batch field's global (shape, dtype)."""
         size, length = self.model.visual.image_size, self.config.data.context_length
-        images = ((self.config.batch_size, size, size, 3), jnp.float32)
+        images = ((self.config.batch_size, size, size, 3), jnp.uint8)
         tokens = ((self.config.batch_size, length), jnp.int32)
         return {name: images if name.startswith("images") else tokens for name in self.batch_fields}
 
     def one_example_batch(self) -> Arrays:
-        """Zeros shaped as one example of every batch field: what init traces the model with."""
-        return {name: jnp.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in self.batch_shapes().items()}
+        """Model inputs shaped as one example of every batch field (zeros, images normalized): what init traces."""
+        return model_inputs({name: jnp.zeros((1, *shape[1:]), dtype) for name, (shape, dtype) in self.batch_shapes().items()})
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         """The model's variables ({'params', maybe 'batch_stats'}, boxed with logical axes) from a one-example batch."""
@@ -123,11 +124,23 @@ class Contrastive:
         bias = scalars.get("logit_bias")
         x, y = outputs["image_embeds"], outputs["text_embeds"]
         value = self.pair_loss(x, y, scale, bias, axis_name)
-        return value, self.in_batch_metrics(x, y, scale, bias, axis_name), extra
+        return value, self.in_batch_metrics(x, y, scale, bias, axis_name, step), extra
 
     def in_batch_metrics(
-        self, x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array | None, axis_name: AxisName
+        self, x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array | None, axis_name: AxisName,
+        step: jax.Array,
     ) -> Arrays:
-        """In-batch retrieval metrics of image and text embeddings [n, E] over the global batch."""
+        """In-batch retrieval metrics of image and text embeddings [n, E] over the global batch.
+
+        They cost another pass over the N x N logits, so they are computed on the steps the
+        training loop logs (`config_lib.is_log_step`) and are zeros on the others.
+        """
         block_size = math.gcd(self.config.loss_block_size, x.shape[0])
-        return losses.contrastive_metrics(x, y, scale, bias, axis_name, block_size=block_size)
+
+        def compute() -> Arrays:
+            return losses.contrastive_metrics(x, y, scale, bias, axis_name, block_size=block_size)
+
+        def skip() -> Arrays:
+            return {k: jnp.zeros(v.shape, v.dtype) for k, v in jax.eval_shape(compute).items()}
+
+        return jax.lax.cond(config_lib.is_log_step(self.config, step), compute, skip)

@@ -36,7 +36,7 @@ class Limber(CausalLm):
 
     def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
         size = self.model.visual.image_size
-        return {"images": ((self.config.batch_size, size, size, 3), jnp.float32), **super().batch_shapes()}
+        return {"images": ((self.config.batch_size, size, size, 3), jnp.uint8), **super().batch_shapes()}
 
     def init_variables(self, rng: jax.Array) -> dict[str, Any]:
         dummy = self.one_example_batch()
