@@ -28,7 +28,7 @@ from numpy.typing import DTypeLike
 
 from clip_jax.models.clip import CLIP
 from clip_jax.models.declip_heads import DeclipHeads
-from clip_jax.models.registry import MODEL_SPECS, ModelSpec, model_spec
+from clip_jax.models.registry import MODEL_SPECS, OPEN_CLIP_NAMES, ModelSpec, model_spec
 
 # Entries of OpenAI's JIT archives and torch buffers that carry no parameters.
 _IGNORED_KEYS = re.compile(r"(^|\.)(input_resolution|context_length|vocab_size|num_batches_tracked|attn_mask)$")
@@ -324,11 +324,9 @@ def _open_clip_architecture(spec: ModelSpec) -> ModelSpec:
 def open_clip_name(name: str, overrides: Mapping[str, Any] | None = None) -> str | None:
     """The open_clip model name whose state dict `create_model(name, **overrides)` exports to; None: none has it.
 
-    open_clip has every OpenAI architecture under clip_jax's name, plain and
-    '-quickgelu' (the registry's twice-registered names); the small test
-    sizes have no open_clip name (build open_clip.model.CLIP of the same sizes).
+    open_clip has every registered architecture under clip_jax's name (registry.OPEN_CLIP_NAMES);
+    the small test sizes have no open_clip name (build open_clip.model.CLIP of the same sizes).
     A model with a logit bias needs `init_logit_bias=` in open_clip.create_model.
     """
     target = _open_clip_architecture(model_spec(name, **dict(overrides or {})))
-    candidates = [n for n in MODEL_SPECS if n.endswith("-quickgelu") or f"{n}-quickgelu" in MODEL_SPECS]
-    return next((n for n in candidates if _open_clip_architecture(MODEL_SPECS[n]) == target), None)
+    return next((n for n in OPEN_CLIP_NAMES if _open_clip_architecture(MODEL_SPECS[n]) == target), None)

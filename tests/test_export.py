@@ -1,6 +1,6 @@
 """Export to open_clip: the exact inverse of the import, open_clip's keys and shapes, the CLI.
 
-Fixtures: tests/fixtures/vit_small.npz and rn_small_quickgelu.npz (open_clip
+Fixtures: tests/fixtures/vit_small.npz, vit_small_laion.npz and rn_small_quickgelu.npz (open_clip
 state dicts with perturbed random weights) and open_clip_state_dict_shapes.json
 (open_clip's state dict shapes of every full-size architecture), all written
 by tests/fixtures/make_open_clip_fixtures.py. The tests marked `open_clip` need
@@ -28,7 +28,7 @@ from clip_jax.import_weights import read_state_dict
 from clip_jax.weights import save_variables
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-SMALL = ["vit_small", "rn_small_quickgelu"]
+SMALL = ["vit_small", "vit_small_laion", "rn_small_quickgelu"]
 # float32 against open_clip in float32 (as tests/test_parity.py): the libraries' kernels sum in
 # different orders through 2-12 layers, relative errors of a few float32 epsilons (1.2e-7) per
 # layer; 1e-5 of the output scale leaves a margin over that, while any misplaced weight moves

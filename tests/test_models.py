@@ -19,7 +19,11 @@ OPEN_CLIP_PARAMETER_COUNTS = {
     "ViT-B-16": 149_620_737,
     "ViT-L-14": 427_616_513,
     "ViT-L-14-336": 427_944_193,
+    "ViT-H-14": 986_109_441,
+    "ViT-g-14": 1_366_678_273,
+    "ViT-bigG-14": 2_539_567_105,
 }
+OPENAI = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336")
 
 
 def init_shapes(model):
@@ -31,7 +35,7 @@ def init_shapes(model):
 
 def test_list_models_has_every_openai_architecture_in_both_activations():
     names = clip_jax.list_models()
-    for name in OPEN_CLIP_PARAMETER_COUNTS:
+    for name in OPENAI:
         assert name in names and f"{name}-quickgelu" in names
         assert not clip_jax.create_model(name).text.quick_gelu
         assert clip_jax.create_model(f"{name}-quickgelu").text.quick_gelu

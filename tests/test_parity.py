@@ -42,8 +42,9 @@ def check_parity(path):
     return image_error, text_error
 
 
-@pytest.mark.parametrize("name", ["vit_small", "rn_small_quickgelu"])
+@pytest.mark.parametrize("name", ["vit_small", "vit_small_laion", "rn_small_quickgelu"])
 def test_small_models_match_open_clip(name):
+    """vit_small_laion has the LAION-scale ViTs' shapes (ViT-H/g/bigG-14): heads 40 wide, MLP int(80 * 4.3637)."""
     check_parity(os.path.join(FIXTURES, f"{name}.npz"))
 
 

@@ -3,7 +3,9 @@
 Every OpenAI architecture is registered twice: `NAME` with exact GELU in the
 transformer MLPs (open_clip's LAION-trained weights) and `NAME-quickgelu` with
 QuickGELU (OpenAI's released weights). Loading OpenAI weights into a GELU model
-runs, but silently loses accuracy.
+runs, but silently loses accuracy. open_clip's larger LAION architectures
+(ViT-H-14, ViT-g-14, ViT-bigG-14) are registered as open_clip has them: with
+a '-quickgelu' twin where open_clip has one (DFN's and MetaCLIP's weights).
 """
 from __future__ import annotations
 
@@ -58,8 +60,8 @@ class ModelSpec:
     declip_projection_dim: int | None = None  # DeCLIP's SimSiam and masked-LM heads; None: no heads
 
 
-def _spec(embed_dim: int, vision: VisionSpec, text_width: int, text_heads: int) -> ModelSpec:
-    return ModelSpec(embed_dim, vision, TextSpec(width=text_width, heads=text_heads, layers=12))
+def _spec(embed_dim: int, vision: VisionSpec, text_width: int, text_heads: int, text_layers: int = 12) -> ModelSpec:
+    return ModelSpec(embed_dim, vision, TextSpec(width=text_width, heads=text_heads, layers=text_layers))
 
 
 _OPENAI = {
@@ -74,6 +76,18 @@ _OPENAI = {
     "ViT-L-14-336": _spec(768, VisionSpec(336, 1024, 24, patch_size=14), 768, 12),
 }
 
+# open_clip's LAION-scale ViTs; MLP widths are int(width * mlp_ratio), as open_clip computes them.
+_LAION = {
+    "ViT-H-14": _spec(1024, VisionSpec(224, 1280, 32, patch_size=14, head_width=80), 1024, 16, 24),
+    "ViT-g-14": _spec(
+        1024, VisionSpec(224, 1408, 40, patch_size=14, head_width=88, mlp_ratio=4.3637), 1024, 16, 24
+    ),
+    "ViT-bigG-14": _spec(
+        1280, VisionSpec(224, 1664, 48, patch_size=14, head_width=104, mlp_ratio=4.9231), 1280, 20, 32
+    ),
+}
+_LAION_QUICKGELU = ("ViT-H-14", "ViT-bigG-14")  # the ones open_clip also has as '-quickgelu'
+
 # Small sizes for tests and CPU demos.
 _SMALL = {
     "ViT-Tiny-8": ModelSpec(
@@ -83,9 +97,12 @@ _SMALL = {
 }
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    **{name: spec for table in (_OPENAI, _SMALL) for name, spec in table.items()},
+    **{name: spec for table in (_OPENAI, _LAION, _SMALL) for name, spec in table.items()},
     **{f"{name}-quickgelu": dataclasses.replace(spec, quick_gelu=True) for name, spec in _OPENAI.items()},
+    **{f"{name}-quickgelu": dataclasses.replace(_LAION[name], quick_gelu=True) for name in _LAION_QUICKGELU},
 }
+# The names open_clip has too (with the same state dict layout): all but the small test sizes.
+OPEN_CLIP_NAMES = tuple(name for name in MODEL_SPECS if name not in _SMALL)
 
 
 def list_models() -> list[str]:
