@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -168,7 +167,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.lit = ml_collections.ConfigDict(dict(lock_image=False, lock_text=False, init_image_from=""))
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
-    c.log_every_steps = 50  # also the steps whose in-batch retrieval metrics are computed
+    c.log_every_steps = 50
     c.progress_every_seconds = 60.0
     # name -> eval spec (clip_jax.evaluation.in_loop): type ('zeroshot', 'retrieval', 'linear_probe'),
     # data (a source string), every_steps, optional batch_size; zeroshot: classnames, templates;
@@ -201,15 +200,6 @@ class ConfigError(ValueError):
 def _check(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config.{field}: {message}")
-
-
-def is_log_step(config: ml_collections.ConfigDict, step: Any) -> Any:
-    """Whether the training loop logs the metrics of the step that starts at `step` (an int or a traced int32).
-
-    The step after it is numbered step + 1; every log_every_steps-th one and the last one are logged.
-    """
-    done = step + 1
-    return (done % config.log_every_steps == 0) | (done == config.total_steps)
 
 
 def locked_towers(config: ml_collections.ConfigDict) -> tuple[str, ...]:

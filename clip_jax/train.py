@@ -22,7 +22,7 @@ import numpy as np
 from clu import parameter_overview, periodic_actions
 
 from clip_jax import checkpointing, data, flip, flops, metric_logging, multihost, paths, sharding, train_state, train_step, weights
-from clip_jax.config import ConfigError, is_log_step, validate
+from clip_jax.config import ConfigError, validate
 from clip_jax.convert import stack_layers, unstack_layers
 from clip_jax.evaluation.in_loop import EvalTask, make_eval_encoders, run_evals
 from clip_jax.model_config import check_context_length, model_from_config, model_metadata
@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             step += 1
             window_steps += 1
             progress(step)
-            if is_log_step(config, step - 1):
+            if step % config.log_every_steps == 0 or step == config.total_steps:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 seconds = (time.perf_counter() - window_start) / window_steps
                 scalars.update(step_time=seconds, samples_per_second=config.batch_size / seconds)

@@ -25,7 +25,6 @@ def small_config(**changes):
     c.optimizer.learning_rate = 1e-3
     c.optimizer.grad_clip_norm = 1.0
     c.loss_block_size = 2
-    c.log_every_steps = 1  # in-batch metrics on every step, to compare them
     c.data.context_length = 77
     c.update(changes)
     return c
@@ -163,18 +162,6 @@ def test_sharded_step_equals_single_device(single_device_run, mesh_sizes, impl):
         assert kernel(shardings["params"]).spec[0] == "fsdp"
         adam = adam_state(shardings)
         assert kernel(adam.mu).spec[0] == "fsdp" and kernel(adam.nu).spec[0] == "fsdp"
-
-
-def test_in_batch_metrics_only_on_logged_steps(single_device_run):
-    """With log_every_steps=2 the first step skips the N x N metrics (zeros) and the second computes them,
-    sharded as the reference is not; everything else is the same training."""
-    in_batch = ("i2t_top1", "t2i_top1", "pos_logit_mean", "neg_logit_mean")
-    config = small_config(log_every_steps=2)
-    states, metrics, shardings = run_steps(config, {"data": 8, "fsdp": 1, "tensor": 1}, jax.devices())
-    assert all(metrics[0][k] == 0 for k in in_batch) and metrics[1]["pos_logit_mean"] != 0
-    want_metrics = [{k: (0.0 if k in in_batch and step == 0 else v) for k, v in m.items()}
-                    for step, m in enumerate(single_device_run[1])]
-    assert_same_training((states, metrics, shardings), (single_device_run[0], want_metrics, None), config)
 
 
 def test_accumulation_equals_full_batch(single_device_run):

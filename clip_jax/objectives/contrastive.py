@@ -124,23 +124,11 @@ class Contrastive:
         bias = scalars.get("logit_bias")
         x, y = outputs["image_embeds"], outputs["text_embeds"]
         value = self.pair_loss(x, y, scale, bias, axis_name)
-        return value, self.in_batch_metrics(x, y, scale, bias, axis_name, step), extra
+        return value, self.in_batch_metrics(x, y, scale, bias, axis_name), extra
 
     def in_batch_metrics(
-        self, x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array | None, axis_name: AxisName,
-        step: jax.Array,
+        self, x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array | None, axis_name: AxisName
     ) -> Arrays:
-        """In-batch retrieval metrics of image and text embeddings [n, E] over the global batch.
-
-        They cost another pass over the N x N logits, so they are computed on the steps the
-        training loop logs (`config_lib.is_log_step`) and are zeros on the others.
-        """
+        """In-batch retrieval metrics of image and text embeddings [n, E] over the global batch."""
         block_size = math.gcd(self.config.loss_block_size, x.shape[0])
-
-        def compute() -> Arrays:
-            return losses.contrastive_metrics(x, y, scale, bias, axis_name, block_size=block_size)
-
-        def skip() -> Arrays:
-            return {k: jnp.zeros(v.shape, v.dtype) for k, v in jax.eval_shape(compute).items()}
-
-        return jax.lax.cond(config_lib.is_log_step(self.config, step), compute, skip)
+        return losses.contrastive_metrics(x, y, scale, bias, axis_name, block_size=block_size)
