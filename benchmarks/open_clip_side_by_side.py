@@ -114,7 +114,7 @@ def clip_jax_seconds(args: argparse.Namespace) -> float:
 
         def call() -> None:
             nonlocal state
-            state, metrics = compiled.step(state, inputs)
+            state, metrics, _ = compiled.step(state, inputs)
             jax.block_until_ready(metrics)
 
         return median_seconds(call, args.warmup, args.steps)

@@ -54,7 +54,7 @@ def median_step_seconds(step, state, batches, warmup: int, steps: int) -> tuple[
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        state, metrics = step(state, next(batches))
+        state, metrics, _ = step(state, next(batches))
         jax.block_until_ready(metrics)
         if i >= warmup:
             times.append(time.perf_counter() - start)

@@ -1,16 +1,24 @@
-"""Device mesh and parameter placement: one Mesh ('data', 'fsdp', 'tensor') and a rule table.
+"""Device mesh and placement: one Mesh ('data', 'fsdp', 'tensor') and one rule table for parameters and activations.
 
 The batch is split over ('data', 'fsdp'). Parameters carry logical axis names
 (set in the models); LOGICAL_RULES maps them to mesh axes: 'embed' over
 'fsdp' gives FSDP / ZeRO-3 (parameters and optimizer state sharded, gathered
-per use by XLA). 'mlp' / 'heads' / 'vocab' are placed over 'tensor', but no
-activation is constrained to match and no test runs with tensor > 1: tensor
-parallelism is not yet supported (planned). A dimension that a mesh axis does
-not divide stays replicated.
+per use by XLA); 'mlp', 'heads' and 'vocab' over 'tensor' give Megatron-style
+tensor parallelism: c_fc's columns and c_proj's rows, each attention head's
+q/k/v and output projection live on one 'tensor' shard. Activations are pinned
+with `constrain` under the same rules while the train step is traced
+(`activation_layout`): the residual stream [B, L, D] split over the batch axes
+and whole along D, q/k/v [B, L, H, Dh] and the MLP's hidden [B, L, mlp] split
+over 'tensor' too, so each shard computes its heads and hidden units and one
+reduction over 'tensor' per projection back into the stream joins them.
+Convolutions (ResNet towers) replicate over 'tensor'; their attention pool
+splits its heads. A dimension that a mesh axis does not divide stays replicated.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+import contextvars
+from typing import Any, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -30,6 +38,10 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("joint_embed", None),
     ("conv_in", None),
     ("layers", None),
+    # activations only
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("act_embed", None),
 )
 
 
@@ -65,7 +77,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh | jax.sharding.AbstractMesh) -> PartitionSpec:
     """Drops mesh axes from dimensions they do not divide."""
     axes = []
     for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -89,3 +101,31 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
         shapes,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
+
+
+# The rules `constrain` follows while a train step is traced; None elsewhere. Kept apart from flax's own
+# logical-rules context, under which flax would also constrain every parameter as its module unboxes it.
+_ACTIVATION_RULES: contextvars.ContextVar = contextvars.ContextVar("activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_layout(mesh: Mesh, rules=LOGICAL_RULES) -> Iterator[None]:
+    """While tracing under it, `constrain` pins activations to `rules` on `mesh`."""
+    token = _ACTIVATION_RULES.set(rules)
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+    """x laid out by its logical axis names under `activation_layout`; unchanged outside one.
+
+    Axes the rules do not name, or that a mesh axis does not divide, are left replicated.
+    """
+    rules, mesh = _ACTIVATION_RULES.get(), jax.sharding.get_abstract_mesh()
+    if rules is None or mesh.empty:
+        return x
+    spec = nn.logical_to_mesh_axes(logical_axes, rules)
+    return jax.lax.with_sharding_constraint(x, _fit(spec, x.shape, mesh))

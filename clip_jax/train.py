@@ -142,11 +142,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     model_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch, mask_ratio)
                 window_start, window_steps = time.perf_counter(), 0
             batch = next(batches)
-            state, metrics = step_fn(state, {name: batch[name] for name in compiled.abstract_batch})
+            state, metrics, probe = step_fn(state, {name: batch[name] for name in compiled.abstract_batch})
             step += 1
             window_steps += 1
             progress(step)
             if step % config.log_every_steps == 0 or step == config.total_steps:
+                metrics = {**metrics, **compiled.in_batch_metrics(probe)}  # on log steps only: a pass of its own
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 seconds = (time.perf_counter() - window_start) / window_steps
                 scalars.update(step_time=seconds, samples_per_second=config.batch_size / seconds)

@@ -28,13 +28,16 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import config as config_lib
-from clip_jax import optim
+from clip_jax import optim, sharding
 from clip_jax.images import model_inputs
 from clip_jax.objectives import Contrastive, make_objective
 from clip_jax.sharding import BATCH_AXES, batch_sharding, replicated
 from clip_jax.train_state import State, compile_init, parameter_shardings, state_shardings
 
 Batch = dict[str, jax.Array]
+# What a step hands to the log step's in-batch metrics: {"outputs": the objective's metric_outputs of the
+# step's forward pass {name: [B, ...]} split over the batch axes, "scalars": the logit scalars it used}.
+Probe = dict[str, dict[str, jax.Array]]
 
 
 def check_model_fits_loss(model: nn.Module, config: ml_collections.ConfigDict) -> None:
@@ -70,6 +73,22 @@ def global_loss_fn(objective: Contrastive, mesh: Mesh) -> Callable[..., tuple[ja
     )
 
 
+def global_metrics_fn(objective: Contrastive, mesh: Mesh) -> Callable[[Probe], dict[str, jax.Array]]:
+    """The objective's in-batch metrics of the global batch from a step's probe, jitted; replicated scalars.
+
+    A pass of its own over the batch's pairs (N x N logits for the contrastive objectives) that the loop
+    runs on log steps only, so the other steps neither compute nor wait for it.
+    """
+
+    def local(outputs, scalars):
+        return objective.in_batch_metrics(outputs, scalars, BATCH_AXES)
+
+    metrics = jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(BATCH_AXES), PartitionSpec()), out_specs=PartitionSpec()
+    )
+    return jax.jit(lambda probe: metrics(probe["outputs"], probe["scalars"]), out_shardings=replicated(mesh))
+
+
 def scalar_params(params: Any) -> dict[str, jax.Array]:
     """The loss's own parameters: logit_scale (log of the multiplier) and logit_bias where present."""
     return {k: params[k] for k in ("logit_scale", "logit_bias") if k in params}
@@ -93,8 +112,8 @@ def _from_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
 
 def loss_and_grads(
     model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, state: State, batch: Batch, mask_ratio: float = 0.0
-) -> tuple[jax.Array, dict, Any, dict[str, Any]]:
-    """(loss, metrics, grads, {'batch_stats', 'extra'} after the step) of the global batch, over micro-batches.
+) -> tuple[jax.Array, dict, Any, dict[str, Any], Probe]:
+    """(loss, metrics, grads, {'batch_stats', 'extra'} after the step, probe) of the global batch, over micro-batches.
 
     The objective (`clip_jax.objectives`) prepares the step's inputs for the whole batch (FLIP's patch
     subsets with mask_ratio > 0, DeCLIP's masked tokens), so micro-batches see what the full batch would.
@@ -110,10 +129,10 @@ def loss_and_grads(
         def total_loss(params):
             outputs, new_stats = objective.forward(params, batch_stats, inputs)
             loss, metrics, new_extra = global_loss(outputs, scalar_params(params), extra, step)
-            return loss, (metrics, {"batch_stats": new_stats, "extra": new_extra})
+            return loss, (metrics, {"batch_stats": new_stats, "extra": new_extra}, outputs)
 
-        (loss, (metrics, updates)), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
-        return loss, metrics, grads, updates
+        (loss, (metrics, updates, outputs)), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
+        return loss, metrics, grads, updates, probe(objective, outputs, params)
 
     microbatches = jax.tree.map(lambda x: _to_microbatches(x, num, mesh), inputs)
 
@@ -137,7 +156,13 @@ def loss_and_grads(
     doutputs = jax.tree.map(lambda x: _to_microbatches(x, num, mesh), doutputs)
     grads, _ = jax.lax.scan(backprop_microbatch, zeros, (microbatches, doutputs))
     grads = {**grads, **{k: grads[k] + g for k, g in dscalars.items()}}
-    return loss, metrics, grads, {"batch_stats": new_stats, "extra": new_extra}
+    return loss, metrics, grads, {"batch_stats": new_stats, "extra": new_extra}, probe(objective, outputs, params)
+
+
+def probe(objective: Contrastive, outputs: dict[str, jax.Array], params: Any) -> Probe:
+    """The step's outputs and logit scalars that `global_metrics_fn` reads, without gradients."""
+    kept = {name: outputs[name] for name in objective.metric_outputs}
+    return jax.lax.stop_gradient({"outputs": kept, "scalars": scalar_params(params)})
 
 
 def make_train_step(
@@ -147,16 +172,18 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     mask_ratio: float = 0.0,
-) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
-    """The (unjitted) train step: state, batch -> new state, replicated scalar metrics.
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
+    """The (unjitted) train step: state, batch -> new state, replicated scalar metrics, probe.
+
+    The probe feeds `global_metrics_fn` on the steps that log in-batch metrics; other steps drop it.
 
     mask_ratio: FLIP's patch masking of the image tower (static: one compiled step per ratio).
     """
     max_log_scale = math.log(config.max_logit_scale)
     locked = config_lib.locked_towers(config)
 
-    def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array]]:
-        loss, metrics, grads, carried = loss_and_grads(model, config, mesh, state, batch, mask_ratio)
+    def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array], Probe]:
+        loss, metrics, grads, carried, step_probe = loss_and_grads(model, config, mesh, state, batch, mask_ratio)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         params = {**params, **{tower: state["params"][tower] for tower in locked}}  # bit for bit, -0.0 too
@@ -172,22 +199,22 @@ def make_train_step(
             **({"logit_bias": params["logit_bias"]} if "logit_bias" in params else {}),
         }
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, **carried}
-        return new_state, metrics
+        return new_state, metrics, step_probe
 
     return train_step
 
 
 def jit_train_step(
     step_fn: Callable, state_shardings: Any, mesh: Mesh
-) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
     """One jit with explicit in/out shardings and the state donated."""
+    probe_shardings = {"outputs": batch_sharding(mesh), "scalars": replicated(mesh)}
     return jax.jit(
         step_fn,
         in_shardings=(state_shardings, batch_sharding(mesh)),
-        out_shardings=(state_shardings, replicated(mesh)),
+        out_shardings=(state_shardings, replicated(mesh), probe_shardings),
         donate_argnums=0,
     )
-
 
 
 class CompiledTraining(NamedTuple):
@@ -195,8 +222,9 @@ class CompiledTraining(NamedTuple):
 
     init: Callable[[jax.Array], State]  # rng -> fresh state
     abstract_state: State  # ShapeDtypeStructs with shardings: the restore target
-    step: Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]
+    step: Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]
     abstract_batch: Batch  # ShapeDtypeStructs with shardings of a global batch
+    in_batch_metrics: Callable[[Probe], dict[str, jax.Array]]  # a step's probe -> its in-batch metrics
 
 
 def compile_step(
@@ -206,7 +234,7 @@ def compile_step(
     abstract_state: State,
     abstract_batch: Batch,
     mask_ratio: float = 0.0,
-) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
     """The compiled train step for `abstract_state` / `abstract_batch` with FLIP's `mask_ratio` (0: whole images)."""
     step_fn = jit_train_step(
         make_train_step(
@@ -215,7 +243,9 @@ def compile_step(
         state_shardings(abstract_state),
         mesh,
     )
-    return step_fn.lower(abstract_state, abstract_batch).compile()
+    with sharding.activation_layout(mesh):  # the model's `constrain` calls pin activations while tracing
+        lowered = step_fn.lower(abstract_state, abstract_batch)
+    return lowered.compile()
 
 
 def compile_training(
@@ -238,4 +268,4 @@ def compile_training(
     }
     ratio = config.flip.mask_ratio if mask_ratio is None else mask_ratio
     step = compile_step(model, config, mesh, abstract_state, abstract_batch, ratio)
-    return CompiledTraining(init, abstract_state, step, abstract_batch)
+    return CompiledTraining(init, abstract_state, step, abstract_batch, global_metrics_fn(objective, mesh))

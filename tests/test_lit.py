@@ -56,7 +56,7 @@ def locked_steps(model_name):
     state = compiled.init(jax.random.key(0))
     start = jax.device_get(state)
     for i in range(3):
-        state, _ = compiled.step(state, lit_batch(model.visual.image_size, i))
+        state, _, _ = compiled.step(state, lit_batch(model.visual.image_size, i))
     return model, compiled, start, jax.device_get(state)
 
 

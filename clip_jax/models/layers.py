@@ -1,7 +1,10 @@
 """Transformer building blocks shared by the image and text towers.
 
 Parameters are float32 and carry logical axis names ('embed', 'mlp', 'heads',
-'kv', 'vocab', 'layers', ...) for the sharding rules; computation runs in
+'kv', 'vocab', 'layers', ...) for the sharding rules, and activations are
+pinned by logical names too (`constrain`: the residual stream whole along its
+width, per-head and MLP-hidden activations split like their weights, a no-op
+outside the train step's `sharding.activation_layout`); computation runs in
 `dtype` (float32 or bfloat16) with LayerNorm and softmax in float32.
 """
 from __future__ import annotations
@@ -12,7 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clip_jax.sharding import constrain
+
 Dtype = Any
+STREAM = ("batch", "length", "act_embed")  # the residual stream [B, L, D]: whole along D
+HEADS = ("batch", "length", "heads", "kv")  # per-head activations [B, L, H, Dh]
 Initializer = Callable[..., jax.Array]
 
 LN_EPS = 1e-5
@@ -110,14 +117,14 @@ class MultiHeadAttention(nn.Module):
                 name=name,
             )
 
-        q = projection("query")(queries) * jnp.asarray(head_dim**-0.5, self.dtype)  # [B, Q, H, Dh]
-        k = projection("key")(keys_values)  # [B, K, H, Dh]
-        v = projection("value")(keys_values)  # [B, K, H, Dh]
+        q = constrain(projection("query")(queries) * jnp.asarray(head_dim**-0.5, self.dtype), HEADS)  # [B, Q, H, Dh]
+        k = constrain(projection("key")(keys_values), HEADS)  # [B, K, H, Dh]
+        v = constrain(projection("value")(keys_values), HEADS)  # [B, K, H, Dh]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, Q, H, Dh]
+        attended = constrain(jnp.einsum("bhqk,bkhd->bqhd", weights, v), HEADS)  # [B, Q, H, Dh]
         return nn.DenseGeneral(
             features=self.out_features or width,
             axis=(-2, -1),
@@ -149,7 +156,7 @@ class Mlp(nn.Module):
             bias_init=param_with_axes(nn.initializers.zeros, ("mlp",)),
             name="c_fc",
         )(x)
-        h = activation(self.quick_gelu)(h)
+        h = constrain(activation(self.quick_gelu)(h), ("batch", "length", "mlp"))
         return nn.Dense(
             width,
             dtype=self.dtype,
@@ -182,10 +189,11 @@ class ResidualAttentionBlock(nn.Module):
         attn_std = width**-0.5
         proj_std = attn_std * (2 * self.layers) ** -0.5
         mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.bool_), dtype=jnp.bool_) if self.causal else None
+        x = constrain(x, STREAM)
         h = LayerNorm(self.dtype, name="ln_1")(x)
-        x = x + MultiHeadAttention(
+        x = constrain(x + MultiHeadAttention(
             self.heads, qkv_std=attn_std, out_std=proj_std, dtype=self.dtype, name="attn"
-        )(h, h, mask)
+        )(h, h, mask), STREAM)
         h = LayerNorm(self.dtype, name="ln_2")(x)
         x = x + Mlp(
             int(width * self.mlp_ratio),
@@ -195,7 +203,7 @@ class ResidualAttentionBlock(nn.Module):
             dtype=self.dtype,
             name="mlp",
         )(h)
-        return x, None
+        return constrain(x, STREAM), None
 
 
 REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {

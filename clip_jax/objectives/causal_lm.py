@@ -57,6 +57,7 @@ class CausalLm:
 
     batch_fields: tuple[str, ...] = ("tokens",)
     locked: tuple[str, ...] = ()
+    metric_outputs: tuple[str, ...] = ()  # its metrics come with the loss
 
     def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, mask_ratio: float = 0.0):
         del mask_ratio  # FLIP masks image patches; there are none here
@@ -91,3 +92,7 @@ class CausalLm:
         del scalars, step
         value, metrics = mean_next_token_loss(outputs, axis_name)
         return value, metrics, extra
+
+    def in_batch_metrics(self, outputs: Arrays, scalars: Arrays, axis_name: AxisName) -> Arrays:
+        del outputs, scalars, axis_name
+        return {}

@@ -55,6 +55,7 @@ class Contrastive:
     """
 
     batch_fields: tuple[str, ...] = ("images", "tokens")
+    metric_outputs: tuple[str, ...] = ("image_embeds", "text_embeds")  # what `in_batch_metrics` reads
 
     def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, mask_ratio: float = 0.0):
         self.model, self.config, self.mask_ratio = model, config, mask_ratio
@@ -121,14 +122,16 @@ class Contrastive:
     ) -> tuple[jax.Array, Arrays, Arrays]:
         """(loss of the global batch, metrics, new extra) from this device's rows of the outputs."""
         scale = jnp.exp(scalars["logit_scale"])
-        bias = scalars.get("logit_bias")
-        x, y = outputs["image_embeds"], outputs["text_embeds"]
-        value = self.pair_loss(x, y, scale, bias, axis_name)
-        return value, self.in_batch_metrics(x, y, scale, bias, axis_name), extra
+        value = self.pair_loss(outputs["image_embeds"], outputs["text_embeds"], scale, scalars.get("logit_bias"), axis_name)
+        return value, {}, extra
 
-    def in_batch_metrics(
-        self, x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array | None, axis_name: AxisName
-    ) -> Arrays:
-        """In-batch retrieval metrics of image and text embeddings [n, E] over the global batch."""
+    def in_batch_metrics(self, outputs: Arrays, scalars: Arrays, axis_name: AxisName) -> Arrays:
+        """In-batch retrieval metrics over the global batch from this device's rows of `metric_outputs` [n, E].
+
+        A second pass over the batch's N x N logits: the loop runs it on log steps only, from the step's outputs.
+        """
+        x, y = outputs["image_embeds"], outputs["text_embeds"]
         block_size = math.gcd(self.config.loss_block_size, x.shape[0])
-        return losses.contrastive_metrics(x, y, scale, bias, axis_name, block_size=block_size)
+        return losses.contrastive_metrics(
+            x, y, jnp.exp(scalars["logit_scale"]), scalars.get("logit_bias"), axis_name, block_size=block_size
+        )

@@ -137,8 +137,7 @@ class Declip(Contrastive):
             "nearest_neighbour": losses.nearest_neighbour_loss(images, texts, queue, filled, scale, axis_name),
         }
         value = sum(c.declip.weights[name] * term for name, term in terms.items())
-        metrics = {**self.in_batch_metrics(images[0], texts[0], scale, None, axis_name),
-                   **{f"declip/{name}": term for name, term in terms.items()}}
+        metrics = {f"declip/{name}": term for name, term in terms.items()}
         queue = jax.lax.dynamic_update_index_in_dim(
             queue, jax.lax.stop_gradient(texts[0]).astype(queue.dtype), step % self.queue_slots, axis=0
         )
