@@ -136,12 +136,12 @@ def test_masked_gradient_equals_plain_model_on_the_gathered_tokens():
     config = step_config()
 
     def masked(config, state, batch):
-        return train_step.loss_and_grads(model, config, mesh, state, batch, mask_ratio=0.5)[::2]
+        return train_step.loss_and_grads(model, config, mesh, state, batch, mask_ratio=0.5)[0:3:2]
 
     def reference(state, batch):
         keep = flip.kept_patches(model, config.seed, state["step"], BATCH, 0.5)
         with nn.intercept_methods(gather_before_blocks(keep)):
-            return train_step.loss_and_grads(model, config, mesh, state, batch)[::2]
+            return train_step.loss_and_grads(model, config, mesh, state, batch)[0:3:2]
 
     want_loss, want = jax.jit(reference)(state, batch)
     tolerance = 1e-5 * max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want))

@@ -56,7 +56,8 @@ def run_steps(config, mesh_sizes, devices, num_steps=2):
     state = compiled.init(rng)
     states, metrics = [], []
     for i in range(num_steps):
-        fields = make_batch(i, model.visual.image_size)
+        images = compiled.abstract_batch.get("images")  # a caption LM reads tokens only
+        fields = make_batch(i, images.shape[1] if images is not None else 32)
         batch = jax.device_put({k: fields[k] for k in compiled.abstract_batch}, sharding.batch_sharding(mesh))
         state, m, probe = compiled.step(state, batch)
         assert not {"i2t_top1", "pos_logit_mean"} & set(m)  # the in-batch pass is the log step's, not the step's

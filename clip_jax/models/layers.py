@@ -69,6 +69,26 @@ def activation(quick: bool) -> Callable[[jax.Array], jax.Array]:
     return quick_gelu if quick else exact_gelu
 
 
+class Embed(nn.Module):
+    """Token embedding: ids [B, L] -> rows of a table [V, D] ('vocab', 'embed') in `dtype`, [B, L, D].
+
+    The table is gathered whole along D before the lookup (FSDP splits it there) so that the rows come
+    out split like the batch, as the residual stream is; a 'vocab' split over 'tensor' stays (each shard
+    looks up its rows, one reduction joins them). Computes what `nn.Embed` does, under the same names.
+    """
+
+    num_embeddings: int
+    features: int
+    embedding_init: Initializer
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        table = self.param("embedding", self.embedding_init, (self.num_embeddings, self.features), jnp.float32)
+        table = constrain(table.astype(self.dtype), ("vocab", None))
+        return constrain(jnp.take(table, ids, axis=0), STREAM)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis in float32 (eps 1e-5 unless given), cast back to `dtype`."""
 

@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clip_jax.models.layers import Dtype, LayerNorm, Transformer, normal, param_with_axes
+from clip_jax.models.layers import Dtype, Embed, LayerNorm, Transformer, normal, param_with_axes
 
 POOL_TYPES = ("argmax", "last")
 
@@ -39,12 +39,11 @@ class TextTransformer(nn.Module):
             raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
         if tokens.ndim != 2 or tokens.shape[1] > self.context_length:
             raise ValueError(f"expected tokens [B, <= {self.context_length}], got shape {tokens.shape}")
-        x = nn.Embed(
+        x = Embed(
             self.vocab_size,
             self.width,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
             embedding_init=param_with_axes(normal(0.02), ("vocab", "embed")),
+            dtype=self.dtype,
             name="token_embedding",
         )(tokens)  # [B, L, D]
         positional_embedding = self.param(
