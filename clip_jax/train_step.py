@@ -122,12 +122,13 @@ def loss_and_grads(
     global_loss = global_loss_fn(objective, mesh)
     params, batch_stats, extra, step = state["params"], state["batch_stats"], state["extra"], state["step"]
     num = config.num_microbatches
-    inputs = jax.lax.with_sharding_constraint(objective.prepare(step, model_inputs(batch)), batch_sharding(mesh))
+    # Images stay uint8 until each (micro-)batch is embedded: a float32 copy of the whole batch is 4x its bytes.
+    inputs = jax.lax.with_sharding_constraint(objective.prepare(step, batch), batch_sharding(mesh))
 
     if num == 1:
 
         def total_loss(params):
-            outputs, new_stats = objective.forward(params, batch_stats, inputs)
+            outputs, new_stats = objective.forward(params, batch_stats, model_inputs(inputs))
             loss, metrics, new_extra = global_loss(outputs, scalar_params(params), extra, step)
             return loss, (metrics, {"batch_stats": new_stats, "extra": new_extra}, outputs)
 
@@ -137,7 +138,7 @@ def loss_and_grads(
     microbatches = jax.tree.map(lambda x: _to_microbatches(x, num, mesh), inputs)
 
     def embed_microbatch(stats, microbatch):
-        outputs, stats = objective.forward(params, stats, microbatch)
+        outputs, stats = objective.forward(params, stats, model_inputs(microbatch))
         return stats, outputs
 
     new_stats, stacked = jax.lax.scan(embed_microbatch, batch_stats, microbatches)
@@ -149,7 +150,7 @@ def loss_and_grads(
 
     def backprop_microbatch(grads, inputs):
         microbatch, doutput = inputs
-        _, vjp = jax.vjp(lambda p: objective.forward(p, batch_stats, microbatch)[0], params)
+        _, vjp = jax.vjp(lambda p: objective.forward(p, batch_stats, model_inputs(microbatch))[0], params)
         return jax.tree.map(jnp.add, grads, vjp(doutput)[0]), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
