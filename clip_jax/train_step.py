@@ -28,10 +28,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import config as config_lib
-from clip_jax import optim, sharding
+from clip_jax import optim
 from clip_jax.images import model_inputs
 from clip_jax.objectives import Contrastive, make_objective
-from clip_jax.sharding import BATCH_AXES, batch_sharding, replicated
+from clip_jax.sharding import BATCH_AXES, activation_layout, batch_sharding, replicated
 from clip_jax.train_state import State, compile_init, parameter_shardings, state_shardings
 
 Batch = dict[str, jax.Array]
@@ -125,10 +125,13 @@ def loss_and_grads(
     # Images stay uint8 until each (micro-)batch is embedded: a float32 copy of the whole batch is 4x its bytes.
     inputs = jax.lax.with_sharding_constraint(objective.prepare(step, batch), batch_sharding(mesh))
 
+    def forward(params, stats, inputs):
+        return objective.forward(params, stats, model_inputs(inputs))
+
     if num == 1:
 
         def total_loss(params):
-            outputs, new_stats = objective.forward(params, batch_stats, model_inputs(inputs))
+            outputs, new_stats = forward(params, batch_stats, inputs)
             loss, metrics, new_extra = global_loss(outputs, scalar_params(params), extra, step)
             return loss, (metrics, {"batch_stats": new_stats, "extra": new_extra}, outputs)
 
@@ -138,7 +141,7 @@ def loss_and_grads(
     microbatches = jax.tree.map(lambda x: _to_microbatches(x, num, mesh), inputs)
 
     def embed_microbatch(stats, microbatch):
-        outputs, stats = objective.forward(params, stats, model_inputs(microbatch))
+        outputs, stats = forward(params, stats, microbatch)
         return stats, outputs
 
     new_stats, stacked = jax.lax.scan(embed_microbatch, batch_stats, microbatches)
@@ -150,7 +153,7 @@ def loss_and_grads(
 
     def backprop_microbatch(grads, inputs):
         microbatch, doutput = inputs
-        _, vjp = jax.vjp(lambda p: objective.forward(p, batch_stats, model_inputs(microbatch))[0], params)
+        _, vjp = jax.vjp(lambda p: forward(p, batch_stats, microbatch)[0], params)
         return jax.tree.map(jnp.add, grads, vjp(doutput)[0]), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -244,7 +247,7 @@ def compile_step(
         state_shardings(abstract_state),
         mesh,
     )
-    with sharding.activation_layout(mesh):  # the model's `constrain` calls pin activations while tracing
+    with activation_layout(mesh):  # the model's `constrain` calls pin activations while tracing
         lowered = step_fn.lower(abstract_state, abstract_batch)
     return lowered.compile()
 
