@@ -7,9 +7,10 @@
 
 The step is `clip_jax.train_step.compile_training`'s: the model (layers
 scanned, `--remat` rematerialisation, bfloat16 compute by default), the
-cross-device loss (`--loss-impl`, blockwise by default), gradient accumulation
-over `--microbatches` and the AdamW update, laid out over the mesh by the rule
-table. It is lowered and compiled for `--devices` simulated CPU devices and
+cross-device loss (`--loss`: CLIP's, or the sigmoid loss for a model with a
+logit bias such as ViT-SO400M-14-SigLIP; `--loss-impl`, blockwise by
+default), gradient accumulation over `--microbatches` and the AdamW update,
+laid out over the mesh by the rule table. It is lowered and compiled for `--devices` simulated CPU devices and
 never run, so nothing of its size is allocated.
 
 Per device it prints, from XLA's memory analysis of the compiled step:
@@ -45,6 +46,7 @@ TABLE = (
     ("ViT-g-14", 256, "data=16,fsdp=16,tensor=1", 65536, 4),
     ("ViT-bigG-14", 256, "data=8,fsdp=16,tensor=2", 65536, 8),
     ("ViT-bigG-14", 512, "data=32,fsdp=8,tensor=2", 65536, 4),
+    ("ViT-SO400M-14-SigLIP", 64, "data=4,fsdp=16,tensor=1", 32768, 4),
     ("ViT-B-32", 8, "data=1,fsdp=8,tensor=1", 1048576, 512),
 )
 CHIPS = (("TPU v4", 16 * 2**30), ("H100", 80 * 2**30))
@@ -62,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--microbatches", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--remat", default="full", help="remat policy (clip_jax.models.layers.REMAT_POLICIES)")
+    parser.add_argument("--loss", choices=["clip", "siglip"], help="default: siglip for a model with a logit bias")
     parser.add_argument("--loss-impl", default="blockwise", choices=["all_gather", "blockwise"])
     parser.add_argument("--block-size", type=int, default=1024, help="loss tile width (blockwise)")
     parser.add_argument("--table", action="store_true", help="every row of TABLE, each in a child process")
@@ -136,11 +139,16 @@ def plan(args: argparse.Namespace) -> dict:
     from clip_jax import sharding, train_step
     from clip_jax.config import default_config, validate
     from clip_jax.model_config import model_from_config
+    from clip_jax.models.registry import model_spec
 
+    spec = model_spec(args.model)
+    loss = args.loss or ("clip" if spec.init_logit_bias is None else "siglip")
     config = default_config()
     config.update(model=args.model, dtype=args.dtype, batch_size=args.batch, num_microbatches=args.microbatches,
-                  scan_layers=True, remat_policy=args.remat, loss_impl=args.loss_impl,
+                  scan_layers=True, remat_policy=args.remat, loss=loss, loss_impl=args.loss_impl,
                   loss_block_size=args.block_size)
+    config.data.context_length = spec.text.context_length
+    config.model_overrides.text = {"vocab_size": spec.text.vocab_size}  # the model's own (no text is tokenized)
     config.mesh.update(parse_mesh(args.mesh))
     validate(config)
     model, _ = model_from_config(config)
@@ -185,7 +193,8 @@ def main() -> None:
     for model, devices, mesh, batch, micro in TABLE:  # a child each: the device count is fixed at jax's import
         command = [sys.executable, os.path.abspath(__file__), "--model", model, "--devices", str(devices),
                    "--mesh", mesh, "--batch", str(batch), "--microbatches", str(micro), "--dtype", args.dtype,
-                   "--remat", args.remat, "--loss-impl", args.loss_impl, "--block-size", str(args.block_size)]
+                   "--remat", args.remat, "--loss-impl", args.loss_impl, "--block-size", str(args.block_size),
+                   *(["--loss", args.loss] if args.loss else [])]
         done = subprocess.run(command, capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         print(lines[-1] if done.returncode == 0 and lines else f"| {model} | {devices} | {mesh} | failed: "

@@ -4,7 +4,9 @@
 expects, finds each one's PyTorch tensor by name, converts its layout
 (Linear (out, in) -> (in, out) with heads split, conv OIHW -> HWIO, q/k/v
 from the stacked `in_proj_weight`), checks its shape and reports every
-missing and unexpected key by its PyTorch name.
+missing and unexpected key by its PyTorch name. SigLIP models (a MAP-pooled
+ViT) take open_clip's CustomTextCLIP layout, the image tower under timm's
+names (`torch_layout_of`).
 
 `to_torch_state_dict(variables, model)` is its exact inverse on the same name
 mapping: the keys, shapes and buffers of open_clip's state dict of the same
@@ -54,16 +56,62 @@ def raise_misfits(missing: list[str], unexpected: list[str], errors: list[str], 
         raise ConversionError(f"{what} does not fit the model:\n  " + "\n  ".join(problems))
 
 
-def _torch_name(path: tuple[str, ...]) -> tuple[str, int | None]:
-    """The PyTorch key holding a flax leaf, and the q/k/v slice of a stacked in-projection.
+# A slice of a stacked PyTorch tensor: (index, parts) along its first axis (q, k, v of `in_proj_weight`).
+Slot = tuple[int, int]
+
+# open_clip's names of a clip_jax ViT in OpenAI's layout -> timm's names in a CustomTextCLIP's trunk
+# (`visual.trunk.*`), applied in order; the MAP head's q and kv projections are handled in `_timm_name`.
+_TIMM_RENAMES = (
+    (r"^visual\.attn_pool\.attn\.out_proj\.", "visual.trunk.attn_pool.proj."),
+    (r"^visual\.attn_pool\.", "visual.trunk.attn_pool."),
+    (r"^visual\.conv1\.", "visual.trunk.patch_embed.proj."),
+    (r"^visual\.positional_embedding$", "visual.trunk.pos_embed"),
+    (r"^visual\.ln_post\.", "visual.trunk.norm."),
+    (r"^visual\.transformer\.resblocks\.", "visual.trunk.blocks."),
+    (r"\.ln_1\.", ".norm1."),
+    (r"\.ln_2\.", ".norm2."),
+    (r"\.attn\.in_proj_(weight|bias)$", r".attn.qkv.\1"),
+    (r"\.attn\.out_proj\.", ".attn.proj."),
+    (r"\.mlp\.c_fc\.", ".mlp.fc1."),
+    (r"\.mlp\.c_proj\.", ".mlp.fc2."),
+)
+# timm tensors with leading unit axes that clip_jax leaves out: [1, N, D] positions, the [1, 1, D] latent query.
+_TIMM_UNIT_AXES = {"visual.trunk.pos_embed": 1, "visual.trunk.attn_pool.latent": 2}
+
+
+def torch_layout_of(model: CLIP) -> str:
+    """Which open_clip module layout `model`'s state dict has.
+
+    'openai': open_clip's CLIP (OpenAI's names, the text tower at the top level). 'siglip': a
+    CustomTextCLIP whose image tower is a timm ViT (a MAP-pooled clip_jax ViT): keys `visual.trunk.*`
+    under timm's names and `text.*`.
+    """
+    return "siglip" if getattr(model.visual, "pool", None) == "map" else "openai"
+
+
+def _timm_name(key: str, slot: Slot | None) -> tuple[str, Slot | None]:
+    """A visual key in OpenAI's layout -> its timm trunk name; the MAP head's q is its own tensor, k and v
+    are stacked in `kv`."""
+    if m := re.fullmatch(r"visual\.attn_pool\.attn\.in_proj_(weight|bias)", key):
+        index = slot[0]
+        if index == 0:
+            return f"visual.trunk.attn_pool.q.{m.group(1)}", None
+        return f"visual.trunk.attn_pool.kv.{m.group(1)}", (index - 1, 2)
+    for pattern, replacement in _TIMM_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key, slot
+
+
+def _torch_name(path: tuple[str, ...], layout: str = "openai") -> tuple[str, Slot | None]:
+    """The PyTorch key holding a flax leaf, and its slice of a stacked projection (q/k/v).
 
     path is a flax path in the unstacked layout, e.g.
-    ('visual', 'transformer', 'resblocks_3', 'attn', 'query', 'kernel').
+    ('visual', 'transformer', 'resblocks_3', 'attn', 'query', 'kernel'); layout: `torch_layout_of`.
     """
-    if path[0] == "text":  # open_clip keeps the text tower at the top level
+    if path[0] == "text" and layout == "openai":  # open_clip's CLIP keeps the text tower at the top level
         path = path[1:]
     parts: list[str] = []
-    qkv = None
+    slot = None
     for i, part in enumerate(path):
         last = i == len(path) - 1
         if m := re.fullmatch(r"(resblocks|layer\d)_(\d+)", part):
@@ -75,10 +123,10 @@ def _torch_name(path: tuple[str, ...]) -> tuple[str, int | None]:
         elif part in _QKV_INDEX and "attnpool" in path:
             parts.append(f"{part[0]}_proj")
         elif part in _QKV_INDEX:
-            qkv = _QKV_INDEX[part]
+            slot = (_QKV_INDEX[part], 3)
         elif part == "out":
             parts.append("c_proj" if "attnpool" in path else "out_proj")
-        elif last and qkv is not None:
+        elif last and slot is not None:
             parts.append(f"in_proj_{'weight' if part == 'kernel' else 'bias'}")
         elif last:
             parts.append(
@@ -87,16 +135,22 @@ def _torch_name(path: tuple[str, ...]) -> tuple[str, int | None]:
             )
         else:
             parts.append(part)
-    return ".".join(parts), qkv
+    key = ".".join(parts)
+    if layout == "siglip" and path[0] == "visual":
+        return _timm_name(key, slot)
+    return key, slot
 
 
-def _convert_leaf(key: str, value: np.ndarray, qkv: int | None, target_shape: tuple[int, ...]) -> np.ndarray:
+def _convert_leaf(key: str, value: np.ndarray, slot: Slot | None, target_shape: tuple[int, ...]) -> np.ndarray:
     """One PyTorch tensor in its clip_jax layout, shape-checked against `target_shape`."""
     value = np.asarray(value, dtype=np.float32)
-    if qkv is not None:
-        if value.shape[0] % 3:
-            raise ConversionError(f"{key}: shape {value.shape} is not q, k, v stacked on the first axis")
-        value = np.split(value, 3, axis=0)[qkv]
+    if slot is not None:
+        index, parts = slot
+        if value.shape[0] % parts:
+            raise ConversionError(f"{key}: shape {value.shape} is not {parts} projections stacked on the first axis")
+        value = np.split(value, parts, axis=0)[index]
+    if key in _TIMM_UNIT_AXES and value.shape[: _TIMM_UNIT_AXES[key]] == (1,) * _TIMM_UNIT_AXES[key]:
+        value = value.reshape(value.shape[_TIMM_UNIT_AXES[key] :])
     if value.ndim == 4 and len(target_shape) == 4:  # conv OIHW -> HWIO
         value = value.transpose(2, 3, 1, 0)
     elif value.ndim == 2 and key.endswith("weight") and len(target_shape) >= 2 and "embedding" not in key:
@@ -178,19 +232,20 @@ def from_torch_state_dict(
             stacklevel=2,
         )
     expected = _expected_variables(model)
+    layout = torch_layout_of(model)
     consumed: set[str] = set()
     missing: list[str] = []
     errors: list[str] = []
 
     def convert(path: tuple[Any, ...], target: jax.ShapeDtypeStruct) -> np.ndarray | None:
         names = tuple(p.key for p in path)
-        key, qkv = _torch_name(names)
+        key, slot = _torch_name(names, layout)
         if key not in state_dict:
             missing.append(key)
             return None
         consumed.add(key)
         try:
-            return _convert_leaf(key, state_dict[key], qkv, target.shape)
+            return _convert_leaf(key, state_dict[key], slot, target.shape)
         except ConversionError as e:
             errors.append(str(e))
             return None
@@ -292,14 +347,17 @@ def to_torch_state_dict(
     left_out = sorted({path[1] for path in _leaves(variables) if path[1] in _NOT_EXPORTED})
     variables = _without(variables, _NOT_EXPORTED)
     _check_fits(variables, _without(_expected_variables(model), _NOT_EXPORTED))
+    layout = torch_layout_of(model)
     state_dict: dict[str, Any] = {}
     for (collection, *path), value in _leaves(variables).items():
-        key, qkv = _torch_name(tuple(path))
+        key, slot = _torch_name(tuple(path), layout)
         value = _torch_layout(tuple(path), value if dtype is None else value.astype(dtype))
-        if qkv is None:
+        value = value.reshape((1,) * _TIMM_UNIT_AXES.get(key, 0) + value.shape)
+        if slot is None:
             state_dict[key] = value
-        else:  # q, k, v stacked on the first axis, in this order
-            state_dict.setdefault(key, [None] * 3)[qkv] = value
+        else:  # the projections stacked on the first axis, in slot order (q, k, v)
+            index, parts = slot
+            state_dict.setdefault(key, [None] * parts)[index] = value
         if collection == "batch_stats" and path[-1] == "mean":
             state_dict[f"{key.rsplit('.', 1)[0]}.num_batches_tracked"] = np.zeros((), np.int64)
     state_dict = {k: _host(_concatenate(v) if isinstance(v, list) else v) for k, v in state_dict.items()}

@@ -19,6 +19,7 @@ import ml_collections
 
 from clip_jax.config import ConfigError, initial_logit_bias, initial_logit_scale
 from clip_jax.models import create_model
+from clip_jax.models.registry import model_spec
 from clip_jax.tokenizers import get_tokenizer
 
 
@@ -34,11 +35,14 @@ def logit_overrides(config: ml_collections.ConfigDict) -> dict[str, float]:
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The create_model overrides of config.model that the config asks for.
 
-    With a tokenizer other than CLIP's BPE (a SentencePiece model), the text
-    tower takes that vocabulary's size and pools at the last non-pad token,
-    unless config.model_overrides.text says otherwise. The clip_lite loss adds
-    CLIP-Lite's critic heads (config.clip_lite.critic_dim); the declip loss
-    adds DeCLIP's heads and a mask token to the vocabulary.
+    The text tower takes the tokenizer's vocabulary size (a SentencePiece
+    model's, or CLIP's BPE in a tower made for another vocabulary). With a
+    tokenizer other than CLIP's BPE, a tower that pools at CLIP's EOT (the
+    largest id) pools at the last non-pad token instead; SigLIP's tower, read
+    at its last position, keeps its pooling. config.model_overrides.text has
+    the last word. The clip_lite loss adds CLIP-Lite's critic heads
+    (config.clip_lite.critic_dim); the declip loss adds DeCLIP's heads and a
+    mask token to the vocabulary.
     """
     overrides = {
         "dtype": config.dtype,
@@ -49,12 +53,13 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
         **({"declip_projection_dim": config.declip.projection_dim} if config.loss == "declip" else {}),
         **config.model_overrides.to_dict(),
     }
-    if config.data.tokenizer != "clip" or config.loss == "declip":
+    spec = model_spec(config.model)
+    vocab_size = get_tokenizer(config.data.tokenizer, config.data.context_length).vocab_size
+    if config.data.tokenizer != "clip" or config.loss == "declip" or vocab_size != spec.text.vocab_size:
         text = {}
-        vocab_size = get_tokenizer(config.data.tokenizer, config.data.context_length).vocab_size
         if config.loss == "declip":  # one more row: the mask token
             vocab_size += 1
-        if config.data.tokenizer != "clip":
+        if config.data.tokenizer != "clip" and spec.text.pool_type == "argmax":
             text["pool_type"] = "last"
         overrides["text"] = {"vocab_size": vocab_size, **text, **overrides.get("text", {})}
     return overrides

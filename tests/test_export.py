@@ -1,6 +1,7 @@
 """Export to open_clip: the exact inverse of the import, open_clip's keys and shapes, the CLI.
 
-Fixtures: tests/fixtures/vit_small.npz, vit_small_laion.npz and rn_small_quickgelu.npz (open_clip
+Fixtures: tests/fixtures/vit_small.npz, vit_small_laion.npz, rn_small_quickgelu.npz and
+siglip_small.npz (open_clip
 state dicts with perturbed random weights) and open_clip_state_dict_shapes.json
 (open_clip's state dict shapes of every full-size architecture), all written
 by tests/fixtures/make_open_clip_fixtures.py. The tests marked `open_clip` need
@@ -28,7 +29,7 @@ from clip_jax.import_weights import read_state_dict
 from clip_jax.weights import save_variables
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-SMALL = ["vit_small", "vit_small_laion", "rn_small_quickgelu"]
+SMALL = ["vit_small", "vit_small_laion", "rn_small_quickgelu", "siglip_small"]
 # float32 against open_clip in float32 (as tests/test_parity.py): the libraries' kernels sum in
 # different orders through 2-12 layers, relative errors of a few float32 epsilons (1.2e-7) per
 # layer; 1e-5 of the output scale leaves a margin over that, while any misplaced weight moves
@@ -240,7 +241,7 @@ def relative_error(actual, expected):
 
 
 @pytest.mark.open_clip
-@pytest.mark.parametrize("name", [*SMALL, "ViT-B-32", "RN50"])
+@pytest.mark.parametrize("name", [*SMALL, "ViT-B-32", "RN50", "ViT-SO400M-14-SigLIP"])
 def test_exported_model_matches_open_clip(name, open_clip_fixtures):
     import open_clip
     import torch
@@ -248,7 +249,7 @@ def test_exported_model_matches_open_clip(name, open_clip_fixtures):
     if name in SMALL:
         spec = open_clip_fixtures.SMALL[name]
         model = clip_jax.create_model(spec["clip_jax"]["name"], **spec["clip_jax"]["overrides"])
-        torch_model = open_clip.model.CLIP(**spec["open_clip"])
+        torch_model = open_clip_fixtures.small_model(spec)
     else:
         model = clip_jax.create_model(name)
         torch_model = open_clip.create_model(open_clip_name(name), pretrained=None)

@@ -19,11 +19,14 @@ from test_train_loop import TEST_CONFIG, final_params, run_main
 
 BATCH = 8
 SMALL = dict(embed_dim=32, vision=dict(width=64, layers=1, head_width=32), text=dict(width=64, heads=2, layers=1))
+# SigLIP's image tower (ViT-SO400M-14-SigLIP's structure) at the same size: no class token, MAP pooling.
+SIGLIP_VISION = dict(width=64, layers=1, head_width=32, class_token=False, pre_norm=False, patch_bias=True, pool="map")
 
 
-def small_model(**overrides):
-    """ViT-Tiny-8 cut down: 32 px images in 16 patches of 8 px, one block per tower."""
-    return clip_jax.create_model("ViT-Tiny-8", **{**SMALL, **overrides})
+def small_model(pool="token", **overrides):
+    """ViT-Tiny-8 cut down: 32 px images in 16 patches of 8 px, one block per tower; pool='map': SigLIP's tower."""
+    base = SMALL if pool == "token" else {**SMALL, "embed_dim": 64, "vision": SIGLIP_VISION}
+    return clip_jax.create_model("ViT-Tiny-8", **{**base, **overrides})
 
 
 def inputs(model, batch=BATCH, seed=1):
@@ -34,7 +37,7 @@ def inputs(model, batch=BATCH, seed=1):
 
 
 def gather_before_blocks(keep):
-    """An interceptor: the image tower's blocks get only the class token and the `keep` [B, K] patch tokens.
+    """An interceptor: the image tower's blocks get only the class token (if any) and the `keep` [B, K] patch tokens.
 
     The plain model under it is the reference for masking: it gathers after ln_pre, the masked model before.
     """
@@ -43,7 +46,7 @@ def gather_before_blocks(keep):
         module = context.module
         if context.method_name == "__call__" and isinstance(module, Transformer):
             if isinstance(module.parent, VisionTransformer):
-                args = (gather_patch_tokens(args[0], keep), *args[1:])
+                args = (gather_patch_tokens(args[0], keep, int(module.parent.class_token)), *args[1:])
         return next_fun(*args, **kwargs)
 
     return interceptor
@@ -96,18 +99,21 @@ def test_unmasked_model_is_the_plain_program():
     np.testing.assert_array_equal(encode(variables, images, every_patch), encode(variables, images))
 
 
-@pytest.mark.parametrize("remat_policy,scan", [("none", False), ("full", True), ("dots", False)])
-def test_masked_tower_runs_the_blocks_on_the_kept_tokens(remat_policy, scan):
+@pytest.mark.parametrize(
+    "remat_policy,scan,pool", [("none", False, "token"), ("full", True, "token"), ("dots", False, "token"), ("none", False, "map")]
+)
+def test_masked_tower_runs_the_blocks_on_the_kept_tokens(remat_policy, scan, pool):
     """Masked outputs equal the plain model's with the kept tokens gathered in front of the blocks,
-    for the remat/scan variants too; differences are float32 rounding (ln_pre runs on [B, 1 + K, D]
-    instead of [B, 1 + N, D]): 1e-6 of the largest entry."""
-    plain = small_model()
+    for the remat/scan variants and SigLIP's tower (no class token: only patch tokens) too;
+    differences are float32 rounding (ln_pre runs on [B, 1 + K, D] instead of [B, 1 + N, D]):
+    1e-6 of the largest entry."""
+    plain = small_model(pool)
     images, tokens = inputs(plain)
     params = nn.meta.unbox(plain.init(jax.random.key(0), images, tokens)["params"])
     keep = random_patch_subset(jax.random.key(3), BATCH, 16, 0.5)
     with nn.intercept_methods(gather_before_blocks(keep)):
         expected = jax.jit(plain.apply)({"params": params}, images, tokens)
-    model = small_model(remat_policy=remat_policy, scan_layers=scan)
+    model = small_model(pool, remat_policy=remat_policy, scan_layers=scan)
     out = jax.jit(model.apply)({"params": stack_layers(params) if scan else params}, images, tokens, keep_patches=keep)
     for key in ("image_embeds", "text_embeds"):
         np.testing.assert_allclose(out[key], expected[key], rtol=0, atol=1e-6)

@@ -22,6 +22,7 @@ OPEN_CLIP_PARAMETER_COUNTS = {
     "ViT-H-14": 986_109_441,
     "ViT-g-14": 1_366_678_273,
     "ViT-bigG-14": 2_539_567_105,
+    "ViT-SO400M-14-SigLIP": 877_360_306,
 }
 OPENAI = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336")
 
@@ -29,7 +30,7 @@ OPENAI = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16
 def init_shapes(model):
     size = model.visual.image_size
     return jax.eval_shape(
-        model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 77), jnp.int32)
+        model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1, model.text.context_length), jnp.int32)
     )
 
 
@@ -67,6 +68,15 @@ def test_unknown_names_and_overrides_are_named_in_errors():
         clip_jax.create_model("ViT-B-32", vision={"widht": 10})
     with pytest.raises(ValueError, match="remat"):
         clip_jax.create_model("ViT-B-32", remat=True)
+
+
+def test_siglip_towers_name_the_fields_that_do_not_fit():
+    with pytest.raises(ValueError, match="pool='token' pools the class token"):
+        init_shapes(clip_jax.create_model("ViT-B-32", vision={"class_token": False}))
+    with pytest.raises(ValueError, match=r"output_dim \(512\) must equal the width \(1152\)"):
+        init_shapes(clip_jax.create_model("ViT-SO400M-14-SigLIP", embed_dim=512))
+    with pytest.raises(ValueError, match="pool_type must be one of"):
+        init_shapes(clip_jax.create_model("ViT-SO400M-14-SigLIP", text={"pool_type": "first"}))
 
 
 def test_override_builds_requested_tower():

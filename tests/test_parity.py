@@ -39,12 +39,16 @@ def check_parity(path):
     assert text_error <= TOLERANCE * max(1.0, np.abs(ref["text_embeds"]).max()), text_error
     out = model.apply(variables, ref["images"], ref["tokens"])
     np.testing.assert_allclose(out["logit_scale"], ref["logit_scale"], rtol=1e-6)
+    if "logit_bias" in ref:
+        np.testing.assert_array_equal(out["logit_bias"], ref["logit_bias"])
     return image_error, text_error
 
 
-@pytest.mark.parametrize("name", ["vit_small", "vit_small_laion", "rn_small_quickgelu"])
+@pytest.mark.parametrize("name", ["vit_small", "vit_small_laion", "rn_small_quickgelu", "siglip_small"])
 def test_small_models_match_open_clip(name):
-    """vit_small_laion has the LAION-scale ViTs' shapes (ViT-H/g/bigG-14): heads 40 wide, MLP int(80 * 4.3637)."""
+    """vit_small_laion has the LAION-scale ViTs' shapes (ViT-H/g/bigG-14): heads 40 wide, MLP int(80 * 4.3637).
+    siglip_small is ViT-SO400M-14-SigLIP's structure at a small size (a timm trunk in a CustomTextCLIP):
+    MAP pooling, no class token, bidirectional text read at the last position, a logit bias."""
     check_parity(os.path.join(FIXTURES, f"{name}.npz"))
 
 

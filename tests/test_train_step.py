@@ -58,7 +58,8 @@ def run_steps(config, mesh_sizes, devices, num_steps=2):
     for i in range(num_steps):
         images = compiled.abstract_batch.get("images")  # a caption LM reads tokens only
         fields = make_batch(i, images.shape[1] if images is not None else 32)
-        batch = jax.device_put({k: fields[k] for k in compiled.abstract_batch}, sharding.batch_sharding(mesh))
+        fields = {k: fields[k][:, : v.shape[1]] for k, v in compiled.abstract_batch.items()}  # shorter contexts
+        batch = jax.device_put(fields, sharding.batch_sharding(mesh))
         state, m, probe = compiled.step(state, batch)
         assert not {"i2t_top1", "pos_logit_mean"} & set(m)  # the in-batch pass is the log step's, not the step's
         states.append(jax.device_get(state))
@@ -169,22 +170,45 @@ def test_sharded_step_equals_single_device(single_device_run, mesh_sizes, impl):
 
 
 TENSOR_MESH = {"data": 2, "fsdp": 2, "tensor": 2}
+# ViT-SO400M-14-SigLIP's structure at ViT-Tiny-8's size, with its sigmoid loss and 16-token captions (CLIP's
+# BPE: the text tower takes its 49,408 ids). Its MAP head splits heads over 'tensor' like the blocks.
+SIGLIP_SMALL = dict(
+    model="ViT-SO400M-14-SigLIP",
+    loss="siglip",
+    model_overrides=dict(
+        embed_dim=128,
+        vision=dict(image_size=32, width=128, layers=4, patch_size=8, head_width=32),
+        text=dict(width=128, heads=4, layers=4),
+    ),
+)
 
 
-@pytest.mark.parametrize("model_name", ["ViT-Tiny-8", "RN-Tiny"])
+def tensor_parallel_config(model_name):
+    config = small_config(**(SIGLIP_SMALL if model_name == "siglip" else {"model": model_name}), loss_impl="blockwise")
+    if model_name == "siglip":
+        config.data.context_length = 16
+    return config
+
+
+@pytest.mark.parametrize("model_name", ["ViT-Tiny-8", "RN-Tiny", "siglip"])
 def test_tensor_parallel_step_equals_single_device(single_device_run, model_name):
     """data=2 x fsdp=2 x tensor=2: heads and MLP hidden units split over 'tensor' (a ResNet's convolutions
     replicate over it, its attention pool splits heads), the batch over data x fsdp; the same two steps as
     one device, to the rounding of the reductions over 'tensor' that join each projection's partial sums.
+    'siglip' is ViT-SO400M-14-SigLIP's structure (MAP head, bidirectional text) with the sigmoid loss.
 
     The ResNet is compared with data=2 x fsdp=2 x tensor=1 on 4 devices, the same batch shards without the
     'tensor' split: against one device, its stem's kernel gradients differ by up to 3e-3 of the largest
     gradient already without 'tensor' (sums of 16 x 32 x 32 products that BatchNorm's backward makes cancel,
     so float32 rounding in another reduction order is amplified), more than MOMENT_TOL's rounding bound.
     """
-    config = small_config(model=model_name, loss_impl="blockwise")
-    reference = single_device_run if model_name == "ViT-Tiny-8" else run_steps(
-        config, {**TENSOR_MESH, "tensor": 1}, jax.devices()[:4])
+    config = tensor_parallel_config(model_name)
+    if model_name == "ViT-Tiny-8":
+        reference = single_device_run
+    elif model_name == "RN-Tiny":
+        reference = run_steps(config, {**TENSOR_MESH, "tensor": 1}, jax.devices()[:4])
+    else:
+        reference = run_steps(config, {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     run = run_steps(config, TENSOR_MESH, jax.devices())
     assert_same_training(run, reference, config)
     params = run[2]["params"]
@@ -193,6 +217,9 @@ def test_tensor_parallel_step_equals_single_device(single_device_run, model_name
     assert block["mlp"]["c_proj"]["kernel"].spec == P("tensor", "fsdp")
     assert block["attn"]["query"]["kernel"].spec == P("fsdp", "tensor")  # [D, H, Dh]: head_dim whole
     assert block["attn"]["out"]["kernel"].spec == P("tensor", None, "fsdp")
+    if model_name == "siglip":
+        head = params["visual"]["attn_pool"]
+        assert head["attn"]["key"]["kernel"].spec == P("fsdp", "tensor") and "logit_bias" in run[1][0]
 
 
 def test_activations_follow_the_rules_only_under_the_train_steps_layout():

@@ -190,6 +190,8 @@ class Mlp(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). [B, L, D] -> [B, L, D].
 
+    `causal`: each position attends to itself and those before it; `ln_eps`: both LayerNorms' epsilon.
+
     Takes and returns a (x, unused) pair so that `nn.scan` can stack it.
     Initialisation follows OpenAI's text tower: attention in-projections std
     width^-0.5, output projections std width^-0.5 (2 layers)^-0.5, c_fc std
@@ -201,6 +203,7 @@ class ResidualAttentionBlock(nn.Module):
     mlp_ratio: float = 4.0
     quick_gelu: bool = False
     causal: bool = False
+    ln_eps: float = LN_EPS
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -210,11 +213,11 @@ class ResidualAttentionBlock(nn.Module):
         proj_std = attn_std * (2 * self.layers) ** -0.5
         mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.bool_), dtype=jnp.bool_) if self.causal else None
         x = constrain(x, STREAM)
-        h = LayerNorm(self.dtype, name="ln_1")(x)
+        h = LayerNorm(self.dtype, self.ln_eps, name="ln_1")(x)
         x = constrain(x + MultiHeadAttention(
             self.heads, qkv_std=attn_std, out_std=proj_std, dtype=self.dtype, name="attn"
         )(h, h, mask), STREAM)
-        h = LayerNorm(self.dtype, name="ln_2")(x)
+        h = LayerNorm(self.dtype, self.ln_eps, name="ln_2")(x)
         x = x + Mlp(
             int(width * self.mlp_ratio),
             fc_std=(2 * width) ** -0.5,
@@ -249,6 +252,7 @@ class Transformer(nn.Module):
     mlp_ratio: float = 4.0
     quick_gelu: bool = False
     causal: bool = False
+    ln_eps: float = LN_EPS
     dtype: Dtype = jnp.float32
     remat_policy: str = "none"
     scan_layers: bool = False
@@ -266,6 +270,7 @@ class Transformer(nn.Module):
             mlp_ratio=self.mlp_ratio,
             quick_gelu=self.quick_gelu,
             causal=self.causal,
+            ln_eps=self.ln_eps,
             dtype=self.dtype,
         )
         if self.scan_layers:

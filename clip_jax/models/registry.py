@@ -6,10 +6,13 @@ QuickGELU (OpenAI's released weights). Loading OpenAI weights into a GELU model
 runs, but silently loses accuracy. open_clip's larger LAION architectures
 (ViT-H-14, ViT-g-14, ViT-bigG-14) are registered as open_clip has them: with
 a '-quickgelu' twin where open_clip has one (DFN's and MetaCLIP's weights).
+ViT-SO400M-14-SigLIP is open_clip's SigLIP So400m/14: timm's MAP-pooled ViT
+and SigLIP's bidirectional text tower, with a logit bias.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 from clip_jax.models.clip import CLIP
 from clip_jax.models.critic import Critic
 from clip_jax.models.declip_heads import DeclipHeads
+from clip_jax.models.layers import LN_EPS
 from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
@@ -24,7 +28,11 @@ from clip_jax.models.vit import VisionTransformer
 
 @dataclasses.dataclass(frozen=True)
 class VisionSpec:
-    """Image tower: a ViT when `patch_size` is set, else a ModifiedResNet (`layers` per stage)."""
+    """Image tower: a ViT when `patch_size` is set, else a ModifiedResNet (`layers` per stage).
+
+    The ViT fields after mlp_ratio (`models.vit.VisionTransformer`'s) default to OpenAI's ViT;
+    SigLIP's has no class token or ln_pre, a patch-conv bias, LayerNorm eps 1e-6 and MAP pooling.
+    """
 
     image_size: int
     width: int
@@ -32,10 +40,18 @@ class VisionSpec:
     patch_size: int | None = None
     head_width: int = 64
     mlp_ratio: float = 4.0
+    class_token: bool = True
+    pre_norm: bool = True
+    patch_bias: bool = False
+    pool: str = "token"
+    ln_eps: float = LN_EPS
 
 
 @dataclasses.dataclass(frozen=True)
 class TextSpec:
+    """Text tower (`models.text.TextTransformer`): OpenAI's by default, SigLIP's with causal=False,
+    pool_type='end', proj_bias=True and ln_eps=1e-6."""
+
     width: int
     heads: int
     layers: int
@@ -43,6 +59,9 @@ class TextSpec:
     vocab_size: int = 49408
     mlp_ratio: float = 4.0
     pool_type: str = "argmax"
+    causal: bool = True
+    proj_bias: bool = False
+    ln_eps: float = LN_EPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +107,24 @@ _LAION = {
 }
 _LAION_QUICKGELU = ("ViT-H-14", "ViT-bigG-14")  # the ones open_clip also has as '-quickgelu'
 
+# SigLIP's shape-optimised ViT (So400m/14, timm's tower) with SigLIP's own text tower, trained with the
+# sigmoid loss: initial temperature 10, bias -10.
+_SIGLIP = {
+    "ViT-SO400M-14-SigLIP": ModelSpec(
+        1152,
+        VisionSpec(
+            224, 1152, 27, patch_size=14, head_width=72, mlp_ratio=3.7362,
+            class_token=False, pre_norm=False, patch_bias=True, pool="map", ln_eps=1e-6,
+        ),
+        TextSpec(
+            width=1152, heads=16, layers=27, context_length=16, vocab_size=32000, mlp_ratio=3.7362,
+            pool_type="end", causal=False, proj_bias=True, ln_eps=1e-6,
+        ),
+        init_logit_scale=math.log(10.0),
+        init_logit_bias=-10.0,
+    ),
+}
+
 # Small sizes for tests and CPU demos.
 _SMALL = {
     "ViT-Tiny-8": ModelSpec(
@@ -97,7 +134,7 @@ _SMALL = {
 }
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    **{name: spec for table in (_OPENAI, _LAION, _SMALL) for name, spec in table.items()},
+    **{name: spec for table in (_OPENAI, _LAION, _SIGLIP, _SMALL) for name, spec in table.items()},
     **{f"{name}-quickgelu": dataclasses.replace(spec, quick_gelu=True) for name, spec in _OPENAI.items()},
     **{f"{name}-quickgelu": dataclasses.replace(_LAION[name], quick_gelu=True) for name in _LAION_QUICKGELU},
 }
@@ -153,6 +190,11 @@ def model_from_spec(spec: ModelSpec) -> CLIP:
             output_dim=spec.embed_dim,
             mlp_ratio=v.mlp_ratio,
             quick_gelu=spec.quick_gelu,
+            class_token=v.class_token,
+            pre_norm=v.pre_norm,
+            patch_bias=v.patch_bias,
+            pool=v.pool,
+            ln_eps=v.ln_eps,
             dtype=spec.dtype,
             remat_policy=spec.remat_policy,
             scan_layers=spec.scan_layers,
@@ -167,6 +209,9 @@ def model_from_spec(spec: ModelSpec) -> CLIP:
         mlp_ratio=t.mlp_ratio,
         quick_gelu=spec.quick_gelu,
         pool_type=t.pool_type,
+        causal=t.causal,
+        proj_bias=t.proj_bias,
+        ln_eps=t.ln_eps,
         dtype=spec.dtype,
         remat_policy=spec.remat_policy,
         scan_layers=spec.scan_layers,
