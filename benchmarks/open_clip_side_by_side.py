@@ -3,6 +3,7 @@
     pip install open_clip_torch torch   # the benchmark's environment only, never the package's
     python benchmarks/open_clip_side_by_side.py                       # ViT-B-32 and RN50, batch 16, fp32
     python benchmarks/open_clip_side_by_side.py --models ViT-B-32 --rounds 3 --scan-layers both
+    python benchmarks/open_clip_side_by_side.py --profile --scan-layers both     # where a step's time goes
 
 Each measurement runs in a fresh child process of this script, one library at
 a time, so neither library's thread pool competes with the other's; the
@@ -21,6 +22,16 @@ architecture and take the same work:
 Times are the median of --steps calls after --warmup (compilation excluded).
 --scan-layers picks clip_jax's layer layout: `nn.scan` over the transformer
 blocks (the recipes' setting), unrolled blocks, or both as separate rows.
+
+--profile traces one train step of each model in each library instead
+(`jax.profiler` / `torch.profiler`, after --warmup steps) and prints where
+its time goes, by kind of operation: matrix products (clip_jax's split into
+XLA's YNNPACK kernels, which also run its convolutions, and its Eigen
+fallback for a dot YNNPACK is not given), convolutions, layout
+copies, the scan's per-layer slices and stacked buffers, and the rest. Each
+kind's figure is the busy time of its operations summed over threads (XLA runs
+independent operations side by side, so the sum can exceed the step's wall
+time), as a share of all of them.
 """
 from __future__ import annotations
 
@@ -57,11 +68,77 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--scan-layers", default="on", choices=["on", "off", "both"], help="clip_jax's layer layout")
+    parser.add_argument("--profile", action="store_true", help="where a train step's time goes, by kind of operation")
     parser.add_argument("--worker", choices=["clip_jax", "open_clip"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--scan", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args()
+
+
+# Kinds of operation in --profile, and the names that mark them: XLA thunk names (clip_jax; checked in
+# this order) and aten ops (open_clip).
+KINDS = ("matmul", "matmul (Eigen fallback)", "convolution", "layout copies", "scan slices and buffers", "rest")
+XLA_KINDS = (
+    ("matmul", ("ynn_fusion",)),
+    ("matmul (Eigen fallback)", ("dot",)),
+    ("convolution", ("convolution",)),
+    ("scan slices and buffers", ("dynamic-slice", "dynamic-update-slice", "wrapped_broadcast")),
+    ("layout copies", ("copy", "transpose")),
+)
+# Containers (their children are counted) and the runtime's own markers.
+XLA_CONTAINERS = ("ThunkExecutor", "ThreadpoolListener", "SlinkyThreadPool", "end:", "while", "call", "conditional")
+TORCH_KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product"),
+    "convolution": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d"),
+    "layout copies": ("aten::copy_", "aten::clone", "aten::contiguous"),
+}
+
+
+def xla_kind(name: str) -> str | None:
+    """The KINDS entry of an XLA thunk event; None for containers and markers."""
+    if name.startswith(XLA_CONTAINERS):
+        return None
+    return next((kind for kind, marks in XLA_KINDS if any(mark in name for mark in marks)), "rest")
+
+
+def torch_kind(name: str) -> str:
+    return next((kind for kind, ops in TORCH_KINDS.items() if name.startswith(ops)), "rest")
+
+
+def clip_jax_profile(call: Callable[[], None]) -> dict[str, float]:
+    """Busy seconds by kind of one `call` under jax.profiler (thunk events on XLA's threads)."""
+    import glob
+    import tempfile
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            call()
+        (path,) = glob.glob(os.path.join(directory, "**", "*.xplane.pb"), recursive=True)
+        data = jax.profiler.ProfileData.from_file(path)
+    seconds = dict.fromkeys(KINDS, 0.0)
+    for plane in data.planes:
+        for line in plane.lines:
+            if line.name == "python":
+                continue
+            for event in line.events:
+                if kind := xla_kind(event.name):
+                    seconds[kind] += event.duration_ns / 1e9
+    return seconds
+
+
+def open_clip_profile(call: Callable[[], None]) -> dict[str, float]:
+    """Busy seconds by kind of one `call` under torch.profiler (each aten op's self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        call()
+    seconds = dict.fromkeys(KINDS, 0.0)
+    for op in trace.key_averages():
+        seconds[torch_kind(op.key)] += op.self_cpu_time_total / 1e6
+    return seconds
 
 
 def median_seconds(call: Callable[[], None], warmup: int, steps: int) -> float:
@@ -75,6 +152,14 @@ def median_seconds(call: Callable[[], None], warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
+def measure_or_profile(
+    call: Callable[[], None], args: argparse.Namespace, profile: Callable[[Callable[[], None]], dict[str, float]]
+) -> float | dict:
+    """The median seconds of `call`, or with --profile its step seconds and busy seconds by kind."""
+    seconds = median_seconds(call, args.warmup, args.steps)
+    return {"step": seconds, "kinds": profile(call)} if args.profile else seconds
+
+
 def matmul_operands(work: str, batch: int) -> list:
     """float32 numpy operands [lhs, rhs] of a MATMULS entry."""
     import numpy as np
@@ -84,7 +169,7 @@ def matmul_operands(work: str, batch: int) -> list:
     return [rng.standard_normal(shapes[i], np.float32) for i in MATMULS[work][0]]
 
 
-def clip_jax_seconds(args: argparse.Namespace) -> float:
+def clip_jax_seconds(args: argparse.Namespace) -> float | dict:
     """Median seconds of one `args.work` call in clip_jax."""
     import jax
     import numpy as np
@@ -117,7 +202,7 @@ def clip_jax_seconds(args: argparse.Namespace) -> float:
             state, metrics, _ = compiled.step(state, inputs)
             jax.block_until_ready(metrics)
 
-        return median_seconds(call, args.warmup, args.steps)
+        return measure_or_profile(call, args, clip_jax_profile)
     variables = jax.jit(model.init)(jax.random.key(0), images[:1], tokens[:1])
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     tower, method, data = ("visual", model.encode_image, images) if args.work.startswith("image") else (
@@ -137,7 +222,7 @@ def clip_jax_seconds(args: argparse.Namespace) -> float:
     return median_seconds(lambda: jax.block_until_ready(fn(params[tower], data)), args.warmup, args.steps)
 
 
-def open_clip_seconds(args: argparse.Namespace) -> float:
+def open_clip_seconds(args: argparse.Namespace) -> float | dict:
     """Median seconds of one `args.work` call in open_clip."""
     import open_clip
     import torch
@@ -165,7 +250,7 @@ def open_clip_seconds(args: argparse.Namespace) -> float:
             loss_fn(image_features, text_features, logit_scale).backward()
             optimizer.step()
 
-        return median_seconds(call, args.warmup, args.steps)
+        return measure_or_profile(call, args, open_clip_profile)
     image = args.work.startswith("image")
     encode, data = (model.encode_image, images) if image else (model.encode_text, tokens)
     if args.work.endswith("fwd+bwd"):
@@ -194,10 +279,10 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds}))
 
 
-def measure(library: str, model: str, work: str, scan: bool, args: argparse.Namespace) -> float:
+def measure(library: str, model: str, work: str, scan: bool, args: argparse.Namespace) -> float | dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", library, "--model", model, "--work", work,
                "--scan", str(int(scan)), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-               "--steps", str(args.steps)]
+               "--steps", str(args.steps), *(["--profile"] if args.profile else [])]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{library} {model} {work} failed:\n{result.stderr[-3000:]}")
@@ -212,14 +297,30 @@ def versions() -> str:
     return f"jax {jax.__version__}, torch {torch.__version__}, open_clip {open_clip.__version__}"
 
 
+def print_profiles(args: argparse.Namespace, scans: list[bool]) -> None:
+    """--profile: per model, one row per library and layout, busy seconds (and share) by kind."""
+    print(f"| model | library | step s | {' | '.join(KINDS)} |\n| --- | --- | ---: |{' ---: |' * len(KINDS)}")
+    for model in args.models.split(","):
+        runs = [(f"clip_jax ({'scan' if scan else 'unrolled'})", measure("clip_jax", model, "train step", scan, args))
+                for scan in scans]
+        runs.append(("open_clip", measure("open_clip", model, "train step", True, args)))
+        for library, result in runs:
+            busy = sum(result["kinds"].values())
+            cells = " | ".join(f"{result['kinds'][k]:.2f} ({100 * result['kinds'][k] / busy:.0f}%)" for k in KINDS)
+            print(f"| {model} | {library} | {result['step']:.2f} | {cells} |", flush=True)
+
+
 def main() -> None:
     args = parse_args()
     if args.worker:
         worker(args)
         return
     scans = {"on": [True], "off": [False], "both": [True, False]}[args.scan_layers]
-    print(f"{os.cpu_count()} CPU cores; {versions()}; batch {args.batch_size}, float32, median of {args.steps} calls "
-          f"after {args.warmup}, {args.rounds} alternating rounds")
+    print(f"{os.cpu_count()} CPU cores; {versions()}; batch {args.batch_size}, float32")
+    if args.profile:
+        print_profiles(args, scans)
+        return
+    print(f"median of {args.steps} calls after {args.warmup}, {args.rounds} alternating rounds")
     print(f"| model | work | clip_jax layers | clip_jax s | open_clip s | clip_jax samples/s | open_clip samples/s "
           f"| ratio |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     works = args.works.split(",")
