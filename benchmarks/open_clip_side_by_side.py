@@ -21,7 +21,8 @@ architecture and take the same work:
 
 Times are the median of --steps calls after --warmup (compilation excluded).
 --scan-layers picks clip_jax's layer layout: `nn.scan` over the transformer
-blocks (the recipes' setting), unrolled blocks, or both as separate rows.
+blocks (the recipes' setting), unrolled blocks, or both as separate rows;
+--remat its rematerialisation policy (default none, as `default_config()`).
 
 --profile traces one train step of each model in each library instead
 (`jax.profiler` / `torch.profiler`, after --warmup steps) and prints where
@@ -69,6 +70,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--scan-layers", default="on", choices=["on", "off", "both"], help="clip_jax's layer layout")
     parser.add_argument("--profile", action="store_true", help="where a train step's time goes, by kind of operation")
+    parser.add_argument("--remat", default="none", help="clip_jax's remat policy (clip_jax.models.layers.REMAT_POLICIES)")
     parser.add_argument("--worker", choices=["clip_jax", "open_clip"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -184,7 +186,8 @@ def clip_jax_seconds(args: argparse.Namespace) -> float | dict:
     from clip_jax.model_config import model_from_config
 
     config = default_config()
-    config.update(model=args.model, dtype="float32", batch_size=args.batch_size, scan_layers=bool(args.scan))
+    config.update(model=args.model, dtype="float32", batch_size=args.batch_size, scan_layers=bool(args.scan),
+                  remat_policy=args.remat)
     model, _ = model_from_config(config)
     size, batch = model.visual.image_size, args.batch_size
     data_rng = np.random.default_rng(0)
@@ -282,7 +285,7 @@ def worker(args: argparse.Namespace) -> None:
 def measure(library: str, model: str, work: str, scan: bool, args: argparse.Namespace) -> float | dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", library, "--model", model, "--work", work,
                "--scan", str(int(scan)), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-               "--steps", str(args.steps), *(["--profile"] if args.profile else [])]
+               "--steps", str(args.steps), "--remat", args.remat, *(["--profile"] if args.profile else [])]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{library} {model} {work} failed:\n{result.stderr[-3000:]}")
@@ -320,7 +323,8 @@ def main() -> None:
     if args.profile:
         print_profiles(args, scans)
         return
-    print(f"median of {args.steps} calls after {args.warmup}, {args.rounds} alternating rounds")
+    print(f"median of {args.steps} calls after {args.warmup}, {args.rounds} alternating rounds; clip_jax remat "
+          f"{args.remat}")
     print(f"| model | work | clip_jax layers | clip_jax s | open_clip s | clip_jax samples/s | open_clip samples/s "
           f"| ratio |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     works = args.works.split(",")
