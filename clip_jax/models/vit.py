@@ -145,18 +145,18 @@ class VisionTransformer(nn.Module):
         )(images.astype(self.dtype))  # [B, h, w, D]
         x = x.reshape(x.shape[0], -1, self.width)  # [B, N, D]
         num_prefix = int(self.class_token)
-        positional_embedding = self.param(
-            "positional_embedding",
-            param_with_axes(normal(scale), (None, "embed")),
-            (num_prefix + x.shape[1], self.width),
-            jnp.float32,
-        )
-        if self.class_token:
+        if self.class_token:  # created before the positions: a module's parameter RNGs follow creation order
             class_embedding = self.param(
                 "class_embedding", param_with_axes(normal(scale), ("embed",)), (self.width,), jnp.float32
             )
             cls = jnp.broadcast_to(class_embedding.astype(self.dtype), (x.shape[0], 1, self.width))
             x = jnp.concatenate([cls, x], axis=1)
+        positional_embedding = self.param(
+            "positional_embedding",
+            param_with_axes(normal(scale), (None, "embed")),
+            (x.shape[1], self.width),
+            jnp.float32,
+        )
         x = x + positional_embedding.astype(self.dtype)  # [B, P + N, D]
         if keep_patches is not None:
             x = gather_patch_tokens(x, keep_patches, num_prefix)  # [B, P + K, D]
