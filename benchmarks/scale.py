@@ -10,8 +10,9 @@ scanned, `--remat` rematerialisation, bfloat16 compute by default), the
 cross-device loss (`--loss`: CLIP's, or the sigmoid loss for a model with a
 logit bias such as ViT-SO400M-14-SigLIP; `--loss-impl`, blockwise by
 default), gradient accumulation over `--microbatches` and the AdamW update,
-laid out over the mesh by the rule table. It is lowered and compiled for `--devices` simulated CPU devices and
-never run, so nothing of its size is allocated.
+laid out over the mesh by the rule table. It is lowered and compiled for
+`--devices` simulated CPU devices and never run, so nothing of its size is
+allocated.
 
 Per device it prints, from XLA's memory analysis of the compiled step:
 arguments (the state's shard plus the batch's), outputs, temporaries, and
