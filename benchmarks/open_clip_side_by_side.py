@@ -4,6 +4,7 @@
     python benchmarks/open_clip_side_by_side.py                       # ViT-B-32 and RN50, batch 16, fp32
     python benchmarks/open_clip_side_by_side.py --models ViT-B-32 --rounds 3 --scan-layers both
     python benchmarks/open_clip_side_by_side.py --profile --scan-layers both     # where a step's time goes
+    python benchmarks/open_clip_side_by_side.py --works "train step" --malloc both   # glibc's malloc, huge pages
 
 Each measurement runs in a fresh child process of this script, one library at
 a time, so neither library's thread pool competes with the other's; the
@@ -23,6 +24,11 @@ Times are the median of --steps calls after --warmup (compilation excluded).
 --scan-layers picks clip_jax's layer layout: `nn.scan` over the transformer
 blocks (the recipes' setting), unrolled blocks, or both as separate rows;
 --remat its rematerialisation policy (default none, as `default_config()`).
+
+--malloc picks the host allocator settings both libraries run under, in
+every child alike: glibc's defaults, or transparent huge pages for large
+allocations (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, what clip_jax.main
+restarts itself with: `clip_jax.host_memory`), or both as separate rows.
 
 --profile traces one train step of each model in each library instead
 (`jax.profiler` / `torch.profiler`, after --warmup steps) and prints where
@@ -45,6 +51,7 @@ import sys
 import time
 from typing import Callable
 
+MALLOC = {"default": {}, "huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 WORKS = ("train step", "image fwd+bwd", "text fwd+bwd", "image fwd", "text fwd")
 # The three matrix products of a text-tower MLP layer, x [B*77, 512] and W [512, 2048]: the forward's
 # x W, the weight gradient's x^T dy and the input gradient's dy W^T. Model-independent: run once.
@@ -70,6 +77,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--scan-layers", default="on", choices=["on", "off", "both"], help="clip_jax's layer layout")
     parser.add_argument("--profile", action="store_true", help="where a train step's time goes, by kind of operation")
+    parser.add_argument("--malloc", default="default", choices=[*MALLOC, "both"],
+                        help="host allocator settings of both libraries' processes")
     parser.add_argument("--remat", default="none", help="clip_jax's remat policy (clip_jax.models.layers.REMAT_POLICIES)")
     parser.add_argument("--worker", choices=["clip_jax", "open_clip"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -282,13 +291,15 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds}))
 
 
-def measure(library: str, model: str, work: str, scan: bool, args: argparse.Namespace) -> float | dict:
+def measure(library: str, model: str, work: str, scan: bool, malloc: str, args: argparse.Namespace) -> float | dict:
+    """One measurement in a fresh child process whose environment has the `malloc` settings (MALLOC)."""
+    environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     command = [sys.executable, os.path.abspath(__file__), "--worker", library, "--model", model, "--work", work,
                "--scan", str(int(scan)), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
                "--steps", str(args.steps), "--remat", args.remat, *(["--profile"] if args.profile else [])]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env={**environment, **MALLOC[malloc]})
     if result.returncode:
-        raise RuntimeError(f"{library} {model} {work} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"{library} {model} {work} ({malloc} malloc) failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
 
 
@@ -300,17 +311,19 @@ def versions() -> str:
     return f"jax {jax.__version__}, torch {torch.__version__}, open_clip {open_clip.__version__}"
 
 
-def print_profiles(args: argparse.Namespace, scans: list[bool]) -> None:
-    """--profile: per model, one row per library and layout, busy seconds (and share) by kind."""
-    print(f"| model | library | step s | {' | '.join(KINDS)} |\n| --- | --- | ---: |{' ---: |' * len(KINDS)}")
+def print_profiles(args: argparse.Namespace, scans: list[bool], mallocs: list[str]) -> None:
+    """--profile: per model and malloc setting, one row per library and layout, busy seconds (and share) by kind."""
+    print(f"| model | malloc | library | step s | {' | '.join(KINDS)} |\n| --- | --- | --- | ---: |"
+          f"{' ---: |' * len(KINDS)}")
     for model in args.models.split(","):
-        runs = [(f"clip_jax ({'scan' if scan else 'unrolled'})", measure("clip_jax", model, "train step", scan, args))
-                for scan in scans]
-        runs.append(("open_clip", measure("open_clip", model, "train step", True, args)))
-        for library, result in runs:
-            busy = sum(result["kinds"].values())
-            cells = " | ".join(f"{result['kinds'][k]:.2f} ({100 * result['kinds'][k] / busy:.0f}%)" for k in KINDS)
-            print(f"| {model} | {library} | {result['step']:.2f} | {cells} |", flush=True)
+        for malloc in mallocs:
+            runs = [(f"clip_jax ({'scan' if scan else 'unrolled'})",
+                     measure("clip_jax", model, "train step", scan, malloc, args)) for scan in scans]
+            runs.append(("open_clip", measure("open_clip", model, "train step", True, malloc, args)))
+            for library, result in runs:
+                busy = sum(result["kinds"].values())
+                cells = " | ".join(f"{result['kinds'][k]:.2f} ({100 * result['kinds'][k] / busy:.0f}%)" for k in KINDS)
+                print(f"| {model} | {malloc} | {library} | {result['step']:.2f} | {cells} |", flush=True)
 
 
 def main() -> None:
@@ -319,29 +332,31 @@ def main() -> None:
         worker(args)
         return
     scans = {"on": [True], "off": [False], "both": [True, False]}[args.scan_layers]
+    mallocs = list(MALLOC) if args.malloc == "both" else [args.malloc]
     print(f"{os.cpu_count()} CPU cores; {versions()}; batch {args.batch_size}, float32")
     if args.profile:
-        print_profiles(args, scans)
+        print_profiles(args, scans, mallocs)
         return
     print(f"median of {args.steps} calls after {args.warmup}, {args.rounds} alternating rounds; clip_jax remat "
           f"{args.remat}")
-    print(f"| model | work | clip_jax layers | clip_jax s | open_clip s | clip_jax samples/s | open_clip samples/s "
-          f"| ratio |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| model | work | malloc | clip_jax layers | clip_jax s | open_clip s | clip_jax samples/s "
+          f"| open_clip samples/s | ratio |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     works = args.works.split(",")
-    rows = [(model, work, scan) for model in args.models.split(",") for work in works if work in WORKS
-            for scan in (scans[:1] if model.startswith("RN") and work.startswith("image") else scans)]
-    rows += [("-", work, True) for work in works if work in MATMULS]
-    for model, work, scan in rows:
+    rows = [(model, work, scan, malloc) for model in args.models.split(",") for work in works if work in WORKS
+            for scan in (scans[:1] if model.startswith("RN") and work.startswith("image") else scans)
+            for malloc in mallocs]
+    rows += [("-", work, True, malloc) for work in works if work in MATMULS for malloc in mallocs]
+    for model, work, scan, malloc in rows:
         jax_times, torch_times = [], []
         for _ in range(args.rounds):
-            jax_times.append(measure("clip_jax", model, work, scan, args))
-            torch_times.append(measure("open_clip", model, work, scan, args))
+            jax_times.append(measure("clip_jax", model, work, scan, malloc, args))
+            torch_times.append(measure("open_clip", model, work, scan, malloc, args))
         ours, theirs = statistics.median(jax_times), statistics.median(torch_times)
         layers = "scan" if scan else "unrolled"
         if work in MATMULS or (model.startswith("RN") and work.startswith("image")):
             layers = "-"
         rates = ["-", "-"] if work in MATMULS else [f"{args.batch_size / s:.2f}" for s in (ours, theirs)]
-        print(f"| {model} | {work} | {layers} | {ours:.4f} | {theirs:.4f} | {rates[0]} | {rates[1]} "
+        print(f"| {model} | {work} | {malloc} | {layers} | {ours:.4f} | {theirs:.4f} | {rates[0]} | {rates[1]} "
               f"| {theirs / ours:.2f} |", flush=True)
 
 

@@ -18,7 +18,8 @@ Prints a table and writes --output: a JSON list of records in
 CLIP_benchmark's format and metric names (`acc1`, `acc5`,
 `mean_per_class_recall`; `image_retrieval_recall@k`, `text_retrieval_recall@k`;
 `lp_acc1`). A data set that is not there ends the run with one line naming it
-and how to prepare it.
+and how to prepare it. On Linux it first restarts itself once with glibc's
+huge-page malloc, as clip_jax.main does (`clip_jax.host_memory`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from clip_jax import multihost, paths, sharding
+from clip_jax import host_memory, multihost, paths, sharding
 from clip_jax.config import ConfigError, default_config, validate
 from clip_jax.cli import initialize_distributed, setup_logging
 from clip_jax.evaluation.report import clip_benchmark_record, format_table
@@ -150,4 +151,5 @@ def _read_lines(path: str) -> list[str]:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -12,6 +12,8 @@ exits with status 1 at once; the others are ended by JAX's coordination
 service within --heartbeat_timeout_seconds, so a failing job never hangs.
 The config is validated, and the training data opened, before anything is
 compiled; a bad field or a missing source ends the run with one line naming it.
+On Linux the program first restarts itself once with glibc's huge-page malloc
+(`clip_jax.host_memory`; CLIP_JAX_HUGE_PAGES=0 turns it off).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from clip_jax import multihost
+from clip_jax import host_memory, multihost
 from clip_jax.cli import initialize_distributed, setup_logging
 from clip_jax.config import ConfigError, validate
 
@@ -62,4 +64,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_huge_pages()
     app.run(main)
