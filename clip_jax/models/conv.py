@@ -12,6 +12,13 @@ kernel gradient is therefore those products, chosen at lowering time with
 the TPU's kernel-gradient convolutions are fast). Both compute the same sums in
 another order: equal to float32 rounding.
 
+A pointwise convolution (1x1 kernel, stride 1, no padding: ModifiedResNet's
+conv1, conv3 and downsample, 36 of RN50's 55) is a matrix product over the
+channels, and is computed as one on every platform, forward and backward: on
+CPU XLA's convolution takes 1.2-4.5x the product's time for RN50's shapes
+(forward at stage 1, 64 -> 256 channels, batch 16: 46 ms against 27 ms; the
+input gradient 256 -> 64: 47 ms against 10 ms).
+
 `conv_general_dilated` has `jax.lax.conv_general_dilated`'s signature, so
 `flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)` uses it;
 what it does not cover (dilation, feature groups, other layouts) goes to
@@ -30,7 +37,15 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], ...]
 
 
+def is_pointwise(kernel_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding) -> bool:
+    """A 1x1 kernel at stride 1 without padding: a matrix product over the channels."""
+    return tuple(kernel_shape[:2]) == (1, 1) and tuple(strides) == (1, 1) and all(p == (0, 0) for p in padding)
+
+
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """x [B, H, W, I], kernel [kh, kw, I, O] -> [B, Ho, Wo, O]; a pointwise one as x [B, H, W, I] @ kernel [I, O]."""
+    if is_pointwise(kernel.shape, strides, padding):
+        return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
 
 
