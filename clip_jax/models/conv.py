@@ -1,7 +1,8 @@
 """2-D convolution (NHWC, HWIO kernels) whose kernel gradient on CPU is a sum of matrix products.
 
 The forward pass and the input gradient are XLA's own convolutions on every
-platform. The kernel gradient is where XLA's CPU backend is slow: it computes
+platform (a pointwise one's are matrix products, below). The kernel gradient
+is where XLA's CPU backend is slow: it computes
 dW[kh, kw, i, o] = sum over (b, y, x) of x_padded[b, s y + kh, s x + kw, i] dy[b, y, x, o]
 as a convolution with the batch as the contracting feature, 10-17x slower than
 the same arithmetic as kh x kw matrix products [B Ho Wo, I]^T [B Ho Wo, O]
