@@ -51,7 +51,9 @@ import sys
 import time
 from typing import Callable
 
-MALLOC = {"default": {}, "huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
+from clip_jax import host_memory
+
+MALLOC = {"default": {}, "huge pages": {"GLIBC_TUNABLES": host_memory.HUGE_PAGES}}
 WORKS = ("train step", "image fwd+bwd", "text fwd+bwd", "image fwd", "text fwd")
 # The three matrix products of a text-tower MLP layer, x [B*77, 512] and W [512, 2048]: the forward's
 # x W, the weight gradient's x^T dy and the input gradient's dy W^T. Model-independent: run once.

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb"
+HUGE_PAGES = f"{TUNABLE}=1"  # the GLIBC_TUNABLES entry
 OPT_OUT = "CLIP_JAX_HUGE_PAGES"
 MIN_GLIBC = (2, 35)
 
@@ -37,7 +38,7 @@ def huge_pages_environment(environ: Mapping[str, str], system: str, libc: tuple[
     tunables = environ.get("GLIBC_TUNABLES", "")
     if f"{TUNABLE}=" in tunables:
         return None
-    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, f"{TUNABLE}=1"]))}
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, HUGE_PAGES]))}
 
 
 def reexec_with_huge_pages() -> None:
