@@ -1,14 +1,37 @@
 """clip_jax: CLIP-style image-text models, losses, tokenizers and training in JAX/Flax.
 
-`clip_jax.data` (the tf.data input pipeline) imports TensorFlow and is left
-to an explicit `from clip_jax import data`.
+The names below load on first use (`clip_jax.models`, `from clip_jax import load`), so importing the
+package costs nothing until then: the command-line programs restart themselves
+(`clip_jax.host_memory`) before JAX is imported. `clip_jax.data` (the tf.data input pipeline) imports
+TensorFlow and is left to an explicit `from clip_jax import data`.
 """
-from clip_jax import convert, evaluation, losses, models, tokenizers
-from clip_jax.captioner import Captioner, load_captioner
-from clip_jax.inference import Pretrained, load
-from clip_jax.models import create_model, list_models
+from __future__ import annotations
 
-__all__ = [
-    "Captioner", "Pretrained", "convert", "create_model", "evaluation", "list_models", "load", "load_captioner",
-    "losses", "models", "tokenizers",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clip_jax import convert, evaluation, losses, models, tokenizers
+    from clip_jax.captioner import Captioner, load_captioner
+    from clip_jax.inference import Pretrained, load
+    from clip_jax.models import create_model, list_models
+
+_SUBMODULES = ("convert", "evaluation", "losses", "models", "tokenizers")
+_DEFINED_IN = {
+    "Captioner": "captioner", "load_captioner": "captioner", "Pretrained": "inference", "load": "inference",
+    "create_model": "models", "list_models": "models",
+}
+
+__all__ = sorted([*_SUBMODULES, *_DEFINED_IN])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"clip_jax.{name}")
+    if name in _DEFINED_IN:
+        return getattr(importlib.import_module(f"clip_jax.{_DEFINED_IN[name]}"), name)
+    raise AttributeError(f"module 'clip_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -23,6 +23,11 @@ huge-page malloc, as clip_jax.main does (`clip_jax.host_memory`).
 """
 from __future__ import annotations
 
+from clip_jax import host_memory
+
+if __name__ == "__main__":  # first: what is imported below would be imported again after the restart
+    host_memory.reexec_with_huge_pages()
+
 import json
 import logging
 import os
@@ -36,7 +41,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from clip_jax import host_memory, multihost, paths, sharding
+from clip_jax import multihost, paths, sharding
 from clip_jax.config import ConfigError, default_config, validate
 from clip_jax.cli import initialize_distributed, setup_logging
 from clip_jax.evaluation.report import clip_benchmark_record, format_table
@@ -151,5 +156,4 @@ def _read_lines(path: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -17,6 +17,11 @@ On Linux the program first restarts itself once with glibc's huge-page malloc
 """
 from __future__ import annotations
 
+from clip_jax import host_memory
+
+if __name__ == "__main__":  # first: what is imported below would be imported again after the restart
+    host_memory.reexec_with_huge_pages()
+
 import logging
 import os
 import sys
@@ -25,7 +30,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from clip_jax import host_memory, multihost
+from clip_jax import multihost
 from clip_jax.cli import initialize_distributed, setup_logging
 from clip_jax.config import ConfigError, validate
 
@@ -64,5 +69,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -87,3 +87,16 @@ def test_restarts_once_with_the_same_arguments_and_faults_in_huge_pages(tmp_path
         # 2 MiB pages: 128 faults where the kernel has them; half the small-page count leaves room for
         # parts it backs with 4 KiB pages when huge ones are short.
         assert int(faults) < SMALL_PAGES // 2, (faults, small_page_faults)
+
+
+@pytest.mark.skipif(host_memory.huge_pages_environment({}, platform.system(), platform.libc_ver()) is None,
+                    reason="needs Linux with glibc 2.35 or later")
+@pytest.mark.parametrize("program", ["clip_jax.main", "clip_jax.evaluate"])
+def test_programs_restart_before_importing_jax(program):
+    """A launch imports JAX once, after the restart: the package and the programs' first lines leave it out."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", program, "--helpshort"], capture_output=True,
+                            text=True, env=environment, timeout=300)
+    imports = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert imports.count("clip_jax.host_memory") == 2  # before the restart and after it
+    assert imports.count("jax") == 1, result.stderr[-2000:]
