@@ -4,7 +4,7 @@
     python benchmarks/open_clip_side_by_side.py                       # ViT-B-32 and RN50, batch 16, fp32
     python benchmarks/open_clip_side_by_side.py --models ViT-B-32 --rounds 3 --scan-layers both
     python benchmarks/open_clip_side_by_side.py --profile --scan-layers both     # where a step's time goes
-    python benchmarks/open_clip_side_by_side.py --works "train step" --malloc both   # glibc's malloc, huge pages
+    python benchmarks/open_clip_side_by_side.py --works "train step" --malloc "default,huge pages"
 
 Each measurement runs in a fresh child process of this script, one library at
 a time, so neither library's thread pool competes with the other's; the
@@ -26,9 +26,10 @@ blocks (the recipes' setting), unrolled blocks, or both as separate rows;
 --remat its rematerialisation policy (default none, as `default_config()`).
 
 --malloc picks the host allocator settings both libraries run under, in
-every child alike: glibc's defaults, or transparent huge pages for large
-allocations (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, what clip_jax.main
-restarts itself with: `clip_jax.host_memory`), or both as separate rows.
+every child alike, one row each: glibc's defaults; transparent huge pages for
+large allocations (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, what clip_jax.main
+restarts itself with: `clip_jax.host_memory`); or huge pages with freed
+memory kept in the heap ("kept heap": one arena, no mmap, no trimming).
 
 --profile traces one train step of each model in each library instead
 (`jax.profiler` / `torch.profiler`, after --warmup steps) and prints where
@@ -53,7 +54,15 @@ from typing import Callable
 
 from clip_jax import host_memory
 
-MALLOC = {"default": {}, "huge pages": {"GLIBC_TUNABLES": host_memory.HUGE_PAGES}}
+# glibc's malloc as it comes; with huge pages (what clip_jax.main restarts itself with); and with huge
+# pages and freed memory kept in the heap (one arena, no mappings of its own, no trimming), which
+# removes the faults huge pages leave but measured no faster.
+MALLOC = {
+    "default": {},
+    "huge pages": {"GLIBC_TUNABLES": host_memory.HUGE_PAGES},
+    "kept heap": {"GLIBC_TUNABLES": f"{host_memory.HUGE_PAGES}:glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                                    f"glibc.malloc.trim_threshold={1 << 40}"},
+}
 WORKS = ("train step", "image fwd+bwd", "text fwd+bwd", "image fwd", "text fwd")
 # The three matrix products of a text-tower MLP layer, x [B*77, 512] and W [512, 2048]: the forward's
 # x W, the weight gradient's x^T dy and the input gradient's dy W^T. Model-independent: run once.
@@ -68,6 +77,14 @@ CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
 
 
+def malloc_names(names: str) -> list[str]:
+    """--malloc's comma-separated MALLOC keys, checked."""
+    unknown = [name for name in names.split(",") if name not in MALLOC]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown malloc setting(s) {unknown}; choose from {list(MALLOC)}")
+    return names.split(",")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="ViT-B-32,RN50", help="comma-separated open_clip model names")
@@ -79,8 +96,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--scan-layers", default="on", choices=["on", "off", "both"], help="clip_jax's layer layout")
     parser.add_argument("--profile", action="store_true", help="where a train step's time goes, by kind of operation")
-    parser.add_argument("--malloc", default="default", choices=[*MALLOC, "both"],
-                        help="host allocator settings of both libraries' processes")
+    parser.add_argument("--malloc", default="default", type=malloc_names,
+                        help=f"comma-separated host allocator settings of both libraries' processes: {', '.join(MALLOC)}")
     parser.add_argument("--remat", default="none", help="clip_jax's remat policy (clip_jax.models.layers.REMAT_POLICIES)")
     parser.add_argument("--worker", choices=["clip_jax", "open_clip"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -334,7 +351,7 @@ def main() -> None:
         worker(args)
         return
     scans = {"on": [True], "off": [False], "both": [True, False]}[args.scan_layers]
-    mallocs = list(MALLOC) if args.malloc == "both" else [args.malloc]
+    mallocs = args.malloc
     print(f"{os.cpu_count()} CPU cores; {versions()}; batch {args.batch_size}, float32")
     if args.profile:
         print_profiles(args, scans, mallocs)
