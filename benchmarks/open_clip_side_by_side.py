@@ -77,12 +77,13 @@ CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
 
 
-def malloc_names(names: str) -> list[str]:
+def malloc_names(text: str) -> list[str]:
     """--malloc's comma-separated MALLOC keys, checked."""
-    unknown = [name for name in names.split(",") if name not in MALLOC]
+    names = text.split(",")
+    unknown = [name for name in names if name not in MALLOC]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown malloc setting(s) {unknown}; choose from {list(MALLOC)}")
-    return names.split(",")
+    return names
 
 
 def parse_args() -> argparse.Namespace:

@@ -49,14 +49,20 @@ PROGRAM = textwrap.dedent("""
     print(os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], faults)
 """)
 SMALL_PAGES = (256 << 20) // 4096
+restarts = pytest.mark.skipif(host_memory.huge_pages_environment({}, platform.system(), platform.libc_ver()) is None,
+                              reason="needs Linux with glibc 2.35 or later")
+
+
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment less the tunables and the opt-out, so that a child decides for itself."""
+    return {key: value for key, value in os.environ.items() if key not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
 
 
 def run_program(tmp_path, **environ) -> list[str]:
     script = tmp_path / "program.py"
     script.write_text(PROGRAM)
-    environment = {key: value for key, value in os.environ.items() if key not in ("GLIBC_TUNABLES", "CLIP_JAX_HUGE_PAGES")}
     result = subprocess.run([sys.executable, "-u", str(script), "a", "--b=1"], capture_output=True, text=True,
-                            env={**environment, **environ}, timeout=120, check=True)
+                            env={**environment_without_settings(), **environ}, timeout=120, check=True)
     return result.stdout.splitlines()
 
 
@@ -69,8 +75,7 @@ def transparent_huge_pages() -> str:
         return ""
 
 
-@pytest.mark.skipif(host_memory.huge_pages_environment({}, platform.system(), platform.libc_ver()) is None,
-                    reason="needs Linux with glibc 2.35 or later")
+@restarts
 def test_restarts_once_with_the_same_arguments_and_faults_in_huge_pages(tmp_path):
     lines = run_program(tmp_path)
     assert lines[:2] == ["started", "started"]  # the restart ran the program again, once
@@ -89,14 +94,12 @@ def test_restarts_once_with_the_same_arguments_and_faults_in_huge_pages(tmp_path
         assert int(faults) < SMALL_PAGES // 2, (faults, small_page_faults)
 
 
-@pytest.mark.skipif(host_memory.huge_pages_environment({}, platform.system(), platform.libc_ver()) is None,
-                    reason="needs Linux with glibc 2.35 or later")
+@restarts
 @pytest.mark.parametrize("program", ["clip_jax.main", "clip_jax.evaluate"])
 def test_programs_restart_before_importing_jax(program):
     """A launch imports JAX once, after the restart: the package and the programs' first lines leave it out."""
-    environment = {key: value for key, value in os.environ.items() if key not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", program, "--helpshort"], capture_output=True,
-                            text=True, env=environment, timeout=300)
+                            text=True, env=environment_without_settings(), timeout=300)
     imports = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
     assert imports.count("clip_jax.host_memory") == 2  # before the restart and after it
     assert imports.count("jax") == 1, result.stderr[-2000:]
