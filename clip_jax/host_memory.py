@@ -6,8 +6,8 @@ above 32 MiB anew, so the kernel faults the buffers in, 4 KiB at a time, on ever
 faults a ViT-B-32 train step at batch 16 (2.4 GB), 1.34M an RN50 one, 10-25% of the CPU time spent in
 the kernel. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc 2.35 and later) malloc asks for
 transparent huge pages on those mappings: about 3k faults a step, and ViT-B-32's step 11% faster,
-RN50's 19% on a 2-core AMD EPYC (`benchmarks/open_clip_side_by_side.py --malloc both` measures both
-libraries either way). glibc reads its tunables when a process starts, so `reexec_with_huge_pages`
+RN50's 19% on a 2-core AMD EPYC (`benchmarks/open_clip_side_by_side.py --malloc "default,huge pages"`
+measures both libraries either way). glibc reads its tunables when a process starts, so `reexec_with_huge_pages`
 replaces the process with the same interpreter, options and arguments, the tunable added. It changes
 nothing where the tunable is already set, off Linux or glibc, on an older glibc, or with
 CLIP_JAX_HUGE_PAGES=0.
