@@ -18,9 +18,18 @@ architecture and take the same work:
   dtype float32; open_clip: `ClipLoss`) and an AdamW update;
 - "image fwd+bwd" / "text fwd+bwd": one tower's embeddings summed, gradient
   with respect to that tower's parameters;
-- "image fwd" / "text fwd": one tower's embeddings, no gradient.
+- "image fwd" / "text fwd": one tower's embeddings, no gradient;
+- "matmul x W", "matmul x^T dy", "matmul dy W^T": the three matrix products of
+  a text-tower MLP layer alone (forward, weight gradient, input gradient).
 
-Times are the median of --steps calls after --warmup (compilation excluded).
+Times are the median of --steps calls after --warmup (compilation excluded;
+products: at least 50 after 5).
+Train steps and products also get their rate in GFLOP/s: model FLOPs of the
+step (clip_jax's count, `clip_jax.flops`, the same architecture on both
+sides) or 2 M K N of the product, over the time. The products' rate is what
+this machine's matrix kernels reach, so a step's time cannot fall below its
+FLOPs at that rate: the "bound" column is open_clip's step time over that
+floor, the most any library could be ahead of it here.
 --scan-layers picks clip_jax's layer layout: `nn.scan` over the transformer
 blocks (the recipes' setting), unrolled blocks, or both as separate rows;
 --remat its rematerialisation policy (default none, as `default_config()`).
@@ -200,17 +209,30 @@ def matmul_operands(work: str, batch: int) -> list:
     return [rng.standard_normal(shapes[i], np.float32) for i in MATMULS[work][0]]
 
 
-def clip_jax_seconds(args: argparse.Namespace) -> float | dict:
-    """Median seconds of one `args.work` call in clip_jax."""
+def product_calls(args: argparse.Namespace) -> tuple[int, int]:
+    """(warmup, steps) of a product: at least 5 and 50, as one takes milliseconds and bounds the steps."""
+    return max(args.warmup, 5), max(args.steps, 50)
+
+
+def matmul_flops(batch: int) -> float:
+    """2 M K N of each MATMULS product (all three have the same M K N)."""
+    rows, inner = MATMUL_SHAPES(batch)[0]
+    return 2.0 * rows * inner * MATMUL_SHAPES(batch)[1][1]
+
+
+def clip_jax_result(args: argparse.Namespace) -> dict:
+    """{"seconds": median seconds of one `args.work` call in clip_jax (or its --profile dict), "flops": model
+    FLOPs of the call where known (train steps and products), else None}."""
     import jax
     import numpy as np
 
     if args.work in MATMULS:
         lhs, rhs = map(jax.device_put, matmul_operands(args.work, args.batch_size))
         product = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (MATMULS[args.work][1], ((), ()))))
-        return median_seconds(lambda: jax.block_until_ready(product(lhs, rhs)), args.warmup, args.steps)
+        seconds = median_seconds(lambda: jax.block_until_ready(product(lhs, rhs)), *product_calls(args))
+        return {"seconds": seconds, "flops": matmul_flops(args.batch_size)}
 
-    from clip_jax import sharding, train_step
+    from clip_jax import flops, sharding, train_step
     from clip_jax.config import default_config
     from clip_jax.model_config import model_from_config
 
@@ -234,7 +256,8 @@ def clip_jax_seconds(args: argparse.Namespace) -> float | dict:
             state, metrics, _ = compiled.step(state, inputs)
             jax.block_until_ready(metrics)
 
-        return measure_or_profile(call, args, clip_jax_profile)
+        step_flops = flops.model_flops_per_step(model, config, mesh, compiled.abstract_batch)
+        return {"seconds": measure_or_profile(call, args, clip_jax_profile), "flops": step_flops}
     variables = jax.jit(model.init)(jax.random.key(0), images[:1], tokens[:1])
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     tower, method, data = ("visual", model.encode_image, images) if args.work.startswith("image") else (
@@ -251,7 +274,8 @@ def clip_jax_seconds(args: argparse.Namespace) -> float | dict:
         fn = jax.jit(jax.grad(lambda p, x: embed(p, x).sum()))
     else:
         fn = jax.jit(embed)
-    return median_seconds(lambda: jax.block_until_ready(fn(params[tower], data)), args.warmup, args.steps)
+    return {"seconds": median_seconds(lambda: jax.block_until_ready(fn(params[tower], data)), args.warmup, args.steps),
+            "flops": None}
 
 
 def open_clip_seconds(args: argparse.Namespace) -> float | dict:
@@ -265,7 +289,7 @@ def open_clip_seconds(args: argparse.Namespace) -> float | dict:
         lhs, rhs = map(torch.from_numpy, matmul_operands(args.work, args.batch_size))
         product = {"matmul x W": lambda: lhs @ rhs, "matmul x^T dy": lambda: lhs.t() @ rhs,
                    "matmul dy W^T": lambda: lhs @ rhs.t()}[args.work]
-        return median_seconds(product, args.warmup, args.steps)
+        return median_seconds(product, *product_calls(args))
     model = open_clip.create_model(args.model)
     model.train()
     size, batch = model.visual.image_size, args.batch_size
@@ -307,12 +331,13 @@ def open_clip_seconds(args: argparse.Namespace) -> float | dict:
 
 
 def worker(args: argparse.Namespace) -> None:
-    seconds = clip_jax_seconds(args) if args.worker == "clip_jax" else open_clip_seconds(args)
-    print(json.dumps({"seconds": seconds}))
+    result = clip_jax_result(args) if args.worker == "clip_jax" else {"seconds": open_clip_seconds(args)}
+    print(json.dumps(result))
 
 
-def measure(library: str, model: str, work: str, scan: bool, malloc: str, args: argparse.Namespace) -> float | dict:
-    """One measurement in a fresh child process whose environment has the `malloc` settings (MALLOC)."""
+def measure(library: str, model: str, work: str, scan: bool, malloc: str, args: argparse.Namespace) -> dict:
+    """One measurement in a fresh child process whose environment has the `malloc` settings (MALLOC): the
+    worker's {"seconds": ..., "flops": ... (clip_jax only)}."""
     environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     command = [sys.executable, os.path.abspath(__file__), "--worker", library, "--model", model, "--work", work,
                "--scan", str(int(scan)), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
@@ -320,7 +345,7 @@ def measure(library: str, model: str, work: str, scan: bool, malloc: str, args: 
     result = subprocess.run(command, capture_output=True, text=True, env={**environment, **MALLOC[malloc]})
     if result.returncode:
         raise RuntimeError(f"{library} {model} {work} ({malloc} malloc) failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def versions() -> str:
@@ -338,8 +363,8 @@ def print_profiles(args: argparse.Namespace, scans: list[bool], mallocs: list[st
     for model in args.models.split(","):
         for malloc in mallocs:
             runs = [(f"clip_jax ({'scan' if scan else 'unrolled'})",
-                     measure("clip_jax", model, "train step", scan, malloc, args)) for scan in scans]
-            runs.append(("open_clip", measure("open_clip", model, "train step", True, malloc, args)))
+                     measure("clip_jax", model, "train step", scan, malloc, args)["seconds"]) for scan in scans]
+            runs.append(("open_clip", measure("open_clip", model, "train step", True, malloc, args)["seconds"]))
             for library, result in runs:
                 busy = sum(result["kinds"].values())
                 cells = " | ".join(f"{result['kinds'][k]:.2f} ({100 * result['kinds'][k] / busy:.0f}%)" for k in KINDS)
@@ -359,25 +384,34 @@ def main() -> None:
         return
     print(f"median of {args.steps} calls after {args.warmup}, {args.rounds} alternating rounds; clip_jax remat "
           f"{args.remat}")
-    print(f"| model | work | malloc | clip_jax layers | clip_jax s | open_clip s | clip_jax samples/s "
-          f"| open_clip samples/s | ratio |\n| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | work | malloc | clip_jax layers | clip_jax s | open_clip s | clip_jax samples/s "
+          "| open_clip samples/s | GFLOP | clip_jax GFLOP/s | open_clip GFLOP/s | ratio | bound |\n"
+          "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     works = args.works.split(",")
-    rows = [(model, work, scan, malloc) for model in args.models.split(",") for work in works if work in WORKS
-            for scan in (scans[:1] if model.startswith("RN") and work.startswith("image") else scans)
-            for malloc in mallocs]
-    rows += [("-", work, True, malloc) for work in works if work in MATMULS for malloc in mallocs]
+    # The products first: their best rate bounds the train steps measured after them.
+    rows = [("-", work, True, malloc) for work in works if work in MATMULS for malloc in mallocs]
+    rows += [(model, work, scan, malloc) for model in args.models.split(",") for work in works if work in WORKS
+             for scan in (scans[:1] if model.startswith("RN") and work.startswith("image") else scans)
+             for malloc in mallocs]
+    product_rates = []
     for model, work, scan, malloc in rows:
-        jax_times, torch_times = [], []
+        ours, theirs = [], []
         for _ in range(args.rounds):
-            jax_times.append(measure("clip_jax", model, work, scan, malloc, args))
-            torch_times.append(measure("open_clip", model, work, scan, malloc, args))
-        ours, theirs = statistics.median(jax_times), statistics.median(torch_times)
+            ours.append(measure("clip_jax", model, work, scan, malloc, args))
+            theirs.append(measure("open_clip", model, work, scan, malloc, args))
+        our_s, their_s = (statistics.median(r["seconds"] for r in runs) for runs in (ours, theirs))
+        flops = ours[0]["flops"]
         layers = "scan" if scan else "unrolled"
         if work in MATMULS or (model.startswith("RN") and work.startswith("image")):
             layers = "-"
-        rates = ["-", "-"] if work in MATMULS else [f"{args.batch_size / s:.2f}" for s in (ours, theirs)]
-        print(f"| {model} | {work} | {malloc} | {layers} | {ours:.4f} | {theirs:.4f} | {rates[0]} | {rates[1]} "
-              f"| {theirs / ours:.2f} |", flush=True)
+        samples = ["-", "-"] if work in MATMULS else [f"{args.batch_size / s:.2f}" for s in (our_s, their_s)]
+        rates = ["-", "-"] if flops is None else [f"{flops / s / 1e9:.0f}" for s in (our_s, their_s)]
+        if work in MATMULS:
+            product_rates += [flops / our_s, flops / their_s]
+        bound = f"{their_s * max(product_rates) / flops:.2f}" if work == "train step" and product_rates else "-"
+        gflop = "-" if flops is None else f"{flops / 1e9:.1f}"
+        print(f"| {model} | {work} | {malloc} | {layers} | {our_s:.4f} | {their_s:.4f} | {samples[0]} | {samples[1]} "
+              f"| {gflop} | {rates[0]} | {rates[1]} | {their_s / our_s:.2f} | {bound} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from clip_jax.models.conv import conv_general_dilated
 from clip_jax.models.layers import (
     LN_EPS, Dtype, LayerNorm, Mlp, MultiHeadAttention, Transformer, normal, param_with_axes, torch_default_kernel,
 )
@@ -141,6 +142,7 @@ class VisionTransformer(nn.Module):
             param_dtype=jnp.float32,
             kernel_init=param_with_axes(torch_default_kernel(), (None, None, None, "embed")),
             bias_init=param_with_axes(nn.initializers.zeros, ("embed",)),
+            conv_general_dilated=conv_general_dilated,  # the patches times the kernel: one matrix product
             name="conv1",
         )(images.astype(self.dtype))  # [B, h, w, D]
         x = x.reshape(x.shape[0], -1, self.width)  # [B, N, D]
