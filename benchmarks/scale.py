@@ -35,6 +35,7 @@ import os
 import re
 import subprocess
 import sys
+from typing import NamedTuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -91,8 +92,16 @@ def shape_bytes(text: str) -> int:
     return total
 
 
-def collective_bytes(hlo: str) -> dict[str, int]:
-    """Per-device bytes each kind of collective produces in one execution of the HLO module's entry.
+class Moved(NamedTuple):
+    """One kind of collective in one step: how many times it runs and the bytes its results hold per device."""
+    count: int
+    bytes: int
+
+
+def collectives(hlo: str) -> dict[str, Moved]:
+    """Per device, how often each kind of collective runs in one execution of the HLO module's entry, and
+    the bytes its results hold. The count is what the step pays in latency (one round trip or more each),
+    the bytes what it pays in bandwidth.
 
     A collective inside a while loop counts once per iteration: each computation's multiplier is the sum,
     over the instructions that call it, of the caller's multiplier times the loop's known trip count (1 for
@@ -121,12 +130,13 @@ def collective_bytes(hlo: str) -> dict[str, int]:
             multiplier[name] = 1 if name == entry else sum(times(c) * n for c, n in calls.get(name, ()))
         return multiplier[name]
 
-    totals = dict.fromkeys(COLLECTIVES, 0)
+    totals = dict.fromkeys(COLLECTIVES, Moved(0, 0))
     for name, lines in computations.items():
         for line in lines:
             op = re.search(r"=\s*(.*?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
             if op:
-                totals[op.group(2)] += times(name) * shape_bytes(op.group(1))
+                count, moved = totals[op.group(2)]
+                totals[op.group(2)] = Moved(count + times(name), moved + times(name) * shape_bytes(op.group(1)))
     return totals
 
 
@@ -157,7 +167,7 @@ def plan(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     compiled = train_step.compile_training(model, config, mesh, jax.random.key(0))
     memory = compiled.step.memory_analysis()
-    moved = collective_bytes(compiled.step.as_text())
+    moved = collectives(compiled.step.as_text())
     params = sum(x.size for x in jax.tree.leaves(compiled.abstract_state["params"]))
     peak = memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
     return {
@@ -175,13 +185,13 @@ def row(result: dict) -> str:
     return (f"| {result['model']} | {result['params'] / 1e9:.2f}B | {result['devices']} | {result['mesh']} | "
             f"{result['batch']:,} | {result['micro']} | {gib(result['arguments'])} | {gib(result['temporaries'])} | "
             f"{gib(result['outputs'])} | {gib(result['peak'])} | {fits} | "
-            f"{gib(moved['all-gather'])} / {gib(moved['all-reduce'])} / {gib(moved['reduce-scatter'])} / "
-            f"{gib(moved['collective-permute'])} | {result['compile_s']:.0f} |")
+            f"{' / '.join(gib(moved[kind].bytes) for kind in COLLECTIVES[:4])} | "
+            f"{sum(m.count for m in moved.values()):,} | {result['compile_s']:.0f} |")
 
 
 HEADER = ("| model | params | devices | mesh | batch | micro | arguments GiB | temporaries GiB | outputs GiB | "
-          "peak GiB | fits | all-gather / all-reduce / reduce-scatter / permute GiB | compile s |\n"
-          "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+          "peak GiB | fits | all-gather / all-reduce / reduce-scatter / permute GiB | collectives | compile s |\n"
+          "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
 
 
 def main() -> None:

@@ -34,6 +34,6 @@ def test_collectives_in_a_loop_count_once_per_iteration():
 
     f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P("data"), out_specs=(P(), P()), check_vma=False))
     x = jax.device_put(np.arange(32, dtype=np.float32), jax.sharding.NamedSharding(mesh, P("data")))
-    moved = scale.collective_bytes(f.lower(x).compile().as_text())
-    assert moved["all-reduce"] == 5 * 16 * 4
-    assert moved["all-gather"] == 32 * 4
+    moved = scale.collectives(f.lower(x).compile().as_text())
+    assert moved["all-reduce"] == (5, 5 * 16 * 4)
+    assert moved["all-gather"] == (1, 32 * 4)
