@@ -2,7 +2,7 @@
 from setuptools import find_packages, setup
 
 with open("requirements.txt") as f:
-    requirements = [line.strip() for line in f if line.strip() and not line.startswith(("#", "pytest"))]
+    requirements = [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
 setup(
     name="clip_jax",

@@ -25,9 +25,9 @@ ModifiedResNet-50 with attention pooling; the paper's prior-matching
 discriminator term (weight 0.1) is not used. The paper evaluates the image
 tower by transfer (linear probes on PASCAL VOC07 and ImageNet, fine-tuning);
 this recipe logs COCO 5k image-text retrieval (Karpathy test split) and has
-not been run to completion here. On the built-in `shapes` data (README,
-"Recipes") the same loss and critics train the tiny model through
-clip_jax.main in tests/test_recipes.py.
+not been run to completion here. On the built-in `shapes` data (docs/recipes.md)
+the same loss and critics train the tiny model through
+clip_jax.main in tests/integration/test_recipes.py.
 """
 import ml_collections
 

@@ -22,7 +22,7 @@ flip (DeCLIP: MoCo v2's colour jitter, grayscale and blur as well); the text tow
 transformer with one more vocabulary row for [MASK]; the queue stores the captions only (DeCLIP also
 enqueues the EDA captions). DeCLIP reports 60.4% ImageNet zero-shot top-1 for its ResNet-50 trained on
 56M pairs; this recipe has not been run to completion here. On the built-in `shapes` data the same
-objective trains the tiny model through clip_jax.main in tests/test_recipes.py (README, "Recipes").
+objective trains the tiny model through clip_jax.main in tests/integration/test_recipes.py (docs/recipes.md).
 """
 import ml_collections
 

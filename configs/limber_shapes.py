@@ -20,7 +20,7 @@ val shape 0.605, BLEU-4 0.117, CIDEr-D 1.43; held-out colour 0.875, held-out
 shape 0.075 (the LM never saw those shapes with those colours, and its
 prior overrules the image there). `--config.limber.prefix=pooled
 --config.limber.num_prompts=4` maps the pooled embedding instead.
-tests/test_limber_recipe.py (slow) runs all three.
+tests/integration/test_limber_recipe.py (slow) runs all three.
 """
 import os
 import runpy

@@ -2,7 +2,7 @@
 
 The loss itself (both negative choices, 1 and 8 devices, values and gradients) is in
 tests/test_losses.py; the sharded train step with critics against one device in tests/test_train_step.py;
-runs through main, and resume with the critics' statistics, in tests/test_recipes.py.
+runs through main, and resume with the critics' statistics, in tests/integration/test_recipes.py.
 """
 
 import jax

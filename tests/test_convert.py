@@ -1,8 +1,7 @@
-"""Weight import: errors name bad keys, OpenAI weights warn on GELU models, the CLI round trip."""
+"""Weight import: errors name bad keys, OpenAI weights warn on GELU models (the command line:
+integration/test_command_lines.py)."""
 import json
 import os
-import subprocess
-import sys
 import warnings
 
 import jax
@@ -11,7 +10,6 @@ import pytest
 
 import clip_jax
 from clip_jax.convert import ConversionError, from_torch_state_dict
-from clip_jax.weights import load_model
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "vit_small.npz")
 
@@ -70,26 +68,6 @@ def test_scan_model_gets_stacked_layers(fixture):
     assert variables["params"]["visual"]["transformer"]["resblocks"]["ln_1"]["scale"].shape == (2, 64)
     out = model.apply(variables, ref["tokens"], method=model.encode_text)
     np.testing.assert_allclose(out, ref["text_embeds"], atol=1e-5)  # parity tolerance (test_parity.TOLERANCE)
-
-
-def test_command_line_import_round_trip(fixture, tmp_path):
-    state_dict, ref, spec = fixture
-    checkpoint = tmp_path / "weights.npz"
-    np.savez(checkpoint, **{f"module.{k}": v for k, v in state_dict.items()})
-    output = tmp_path / "imported"
-    subprocess.run(
-        [
-            sys.executable, "-m", "clip_jax.import_weights",
-            "--checkpoint", str(checkpoint),
-            "--model", spec["name"],
-            "--overrides", json.dumps(spec["overrides"]),
-            "--output", str(output),
-        ],
-        check=True,
-    )
-    model, variables = load_model(str(output))
-    image_embeds = model.apply(variables, ref["images"], method=model.encode_image)
-    np.testing.assert_allclose(image_embeds, ref["image_embeds"], atol=1e-5)  # parity tolerance, as above
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):

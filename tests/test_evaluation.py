@@ -391,3 +391,29 @@ def test_run_eval_retrieval_image_rows_equal_caption_rows(tiny):
         _direct(tiny["encode_image"], images, 8), _direct(tiny["encode_text"], tokens, 8), text_to_image
     )
     assert metrics == pytest.approx(expected, abs=1e-6)  # recalls are counts / N: equal unless a near-tie flips
+
+
+def test_canonical_order_ignores_the_arrangement_of_rows():
+    from clip_jax.evaluation.in_loop import canonical_order
+
+    rng = np.random.default_rng(0)
+    rows = {"images": rng.normal(size=(9, 4)).astype(np.float32), "labels": rng.integers(0, 3, 9)}
+    rows["images"][5] = rows["images"][2]  # equal embeddings, told apart by the label
+    permutation = rng.permutation(9)
+    shuffled = {k: v[permutation] for k, v in rows.items()}
+    ordered = [{k: v[canonical_order(r)] for k, v in r.items()} for r in (rows, shuffled)]
+    for k in rows:
+        np.testing.assert_array_equal(ordered[0][k], ordered[1][k])
+
+
+def test_lockstep_pads_with_masked_blanks_and_local_batch_size():
+    from clip_jax.evaluation.in_loop import local_batch_size, lockstep
+
+    batches = [{"images": np.ones((2, 3)), "mask": np.array([True, False])}] * 2
+    steps = lockstep(batches)
+    assert [more for _, more in (next(steps), next(steps))] == [True, False]
+    blank, more = next(steps)
+    assert not more and not blank["mask"].any() and blank["images"].shape == (2, 3) and not blank["images"].any()
+    assert local_batch_size(16, 8, 2) == 8 and local_batch_size(10, 8, 2) == 8 and local_batch_size(10, 4, 1) == 12
+    with pytest.raises(ValueError, match="do not split evenly"):
+        local_batch_size(16, 2, 4)

@@ -1,8 +1,5 @@
-"""FLIP: random patch masking of the ViT in training, unmasked evaluation and unmasked tuning."""
-import json
-import os
-import shutil
-
+"""FLIP: random patch masking of the ViT in training, unmasked evaluation and unmasked tuning (runs through
+`python -m clip_jax.main`: integration/test_flip_runs.py)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,7 +12,6 @@ from clip_jax import flip, sharding, train_step
 from clip_jax.convert import stack_layers
 from clip_jax.models.layers import Transformer
 from clip_jax.models.vit import VisionTransformer, gather_patch_tokens, num_kept_patches, random_patch_subset
-from test_train_loop import TEST_CONFIG, final_params, run_main
 
 BATCH = 8
 SMALL = dict(embed_dim=32, vision=dict(width=64, layers=1, head_width=32), text=dict(width=64, heads=2, layers=1))
@@ -169,42 +165,3 @@ def test_validation_names_the_flip_fields():
     config.model, config.flip.unmasked_steps = "ViT-B-16", config.total_steps + 1
     with pytest.raises(ValueError, match=r"config\.flip\.unmasked_steps"):
         config_lib.validate(config)
-
-
-FLIP_FLAGS = ("--config.flip.mask_ratio=0.5", "--config.flip.unmasked_steps=5", "--config.total_steps=20")
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "test_config.py"
-    path.write_text(TEST_CONFIG)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def flip_run(config_file, tmp_path_factory):
-    """20 steps through `python -m clip_jax.main`, the last 5 unmasked: (workdir, the run's stderr)."""
-    workdir = str(tmp_path_factory.mktemp("flip"))
-    return workdir, run_main(config_file, workdir, *FLIP_FLAGS).stderr
-
-
-def test_flip_run_trains_and_switches_to_unmasked_tuning(flip_run):
-    """The loss falls, the log says when the unmasked step takes over, evaluation runs at the end."""
-    workdir, stderr = flip_run
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    train = [r for r in records if "loss" in r]
-    assert [(r["step"], r["flip/mask_ratio"]) for r in train] == [(5, 0.5), (10, 0.5), (15, 0.5), (20, 0.0)]
-    assert train[-1]["loss"] < train[0]["loss"]
-    assert "FLIP: unmasked tuning from step 15 to 20" in stderr
-    assert any("shapes_heldout/top1" in r for r in records)
-
-
-def test_resume_in_the_unmasked_phase_matches_the_uninterrupted_run(config_file, flip_run, tmp_path):
-    """A run restarted from the step-15 checkpoint compiles only the unmasked step and ends on the
-    uninterrupted run's parameters, bit for bit."""
-    workdir, _ = flip_run
-    resumed = str(tmp_path / "resumed")
-    shutil.copytree(os.path.join(workdir, "checkpoints", "15"), os.path.join(resumed, "checkpoints", "15"))
-    stderr = run_main(config_file, resumed, *FLIP_FLAGS).stderr
-    assert "resumed from step 15" in stderr and "FLIP: unmasked tuning" not in stderr
-    jax.tree.map(np.testing.assert_array_equal, final_params(resumed)[0], final_params(workdir)[0])

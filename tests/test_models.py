@@ -1,4 +1,6 @@
 """Model zoo: names, parameter counts, logical axes, dtype and remat/scan variants."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -96,11 +98,19 @@ def small_inputs(model, batch=2):
     return images, tokens
 
 
+@functools.cache
+def initial_variables(name: str) -> dict:
+    """`name`'s initial variables (key 0), compiled once for the tests of this file: initialised op by op, the
+    ResNet's initializers compile some 280 small programs (15 s on 2 cores)."""
+    model = clip_jax.create_model(name)
+    return jax.jit(model.init)(jax.random.key(0), *small_inputs(model))
+
+
 @pytest.mark.parametrize("name", ["ViT-Tiny-8", "RN-Tiny"])
 def test_outputs_are_normalized_embeddings_and_scale(name):
     model = clip_jax.create_model(name)
     images, tokens = small_inputs(model)
-    variables = model.init(jax.random.key(0), images, tokens)
+    variables = initial_variables(name)
     out = model.apply(variables, images, tokens)
     assert out["image_embeds"].shape == out["text_embeds"].shape == (2, 128)
     # a float32 rsqrt and a sum of 128 squares: a few ulps of 1
@@ -123,7 +133,7 @@ def test_logit_bias_only_where_configured():
 def test_resnet_train_mode_updates_batch_stats():
     model = clip_jax.create_model("RN-Tiny")
     images, tokens = small_inputs(model)
-    variables = model.init(jax.random.key(0), images, tokens)
+    variables = initial_variables("RN-Tiny")
     _, updates = model.apply(variables, images, tokens, train=True, mutable=["batch_stats"])
     before = jax.tree.leaves(variables["batch_stats"])
     after = jax.tree.leaves(updates["batch_stats"])
@@ -151,10 +161,7 @@ def test_text_tower_initialisation_follows_openai():
 
 
 def test_resnet_bn3_gamma_starts_at_zero():
-    shapes = jax.jit(clip_jax.create_model("RN-Tiny").init)(
-        jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 77), jnp.int32)
-    )
-    params = nn.meta.unbox(shapes["params"])["visual"]
+    params = nn.meta.unbox(initial_variables("RN-Tiny")["params"])["visual"]
     assert np.all(params["layer1_0"]["bn3"]["scale"] == 0)
     assert np.all(params["bn3"]["scale"] == 1)  # the stem's bn3 is not a residual branch
 
@@ -164,15 +171,22 @@ def contrastive_proxy(model, params, images, tokens):
     return jnp.sum(out["logit_scale"] * out["image_embeds"] @ out["text_embeds"].T)
 
 
+@functools.cache
+def plain_reference() -> tuple:
+    """ViT-Tiny-8's inputs, parameters, outputs and contrastive_proxy gradient, compiled as in training."""
+    plain = clip_jax.create_model("ViT-Tiny-8")
+    images, tokens = small_inputs(plain)
+    params = nn.meta.unbox(initial_variables("ViT-Tiny-8")["params"])
+    out = jax.jit(plain.apply)({"params": params}, images, tokens)
+    grad = jax.jit(jax.grad(contrastive_proxy, argnums=1), static_argnums=0)(plain, params, images, tokens)
+    return images, tokens, params, out, grad
+
+
 @pytest.mark.parametrize("remat_policy", ["none", "full", "dots"])
 def test_remat_and_scan_variants_equal_plain_model(remat_policy):
     """Compiled as in training, every variant gives bit-identical outputs; gradients agree to
     float32 rounding (the recomputed backward pass fuses differently): 1e-6 of the largest entry."""
-    plain = clip_jax.create_model("ViT-Tiny-8")
-    images, tokens = small_inputs(plain)
-    params = nn.meta.unbox(plain.init(jax.random.key(0), images, tokens)["params"])
-    expected_out = jax.jit(plain.apply)({"params": params}, images, tokens)
-    expected_grad = jax.jit(jax.grad(contrastive_proxy, argnums=1), static_argnums=0)(plain, params, images, tokens)
+    images, tokens, params, expected_out, expected_grad = plain_reference()
     for scan in (False, True):
         model = clip_jax.create_model("ViT-Tiny-8", remat_policy=remat_policy, scan_layers=scan)
         variant_params = stack_layers(params) if scan else params
@@ -200,7 +214,7 @@ def test_bfloat16_compute_stays_close_to_float32(name):
     """bf16 has 8 mantissa bits: embeddings agree to a cosine similarity of 0.999."""
     model = clip_jax.create_model(name)
     images, tokens = small_inputs(model, batch=4)
-    variables = model.init(jax.random.key(0), images, tokens)
+    variables = initial_variables(name)
     reference = model.apply(variables, images, tokens)
     low = clip_jax.create_model(name, dtype=jnp.bfloat16)
     out = low.apply(variables, images, tokens)

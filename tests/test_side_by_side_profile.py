@@ -1,10 +1,7 @@
-"""benchmarks/open_clip_side_by_side.py --profile: XLA's operations sorted into kinds from a real trace."""
+"""benchmarks/open_clip_side_by_side.py --profile: XLA's operation names sorted into kinds (a real trace,
+in a process of its own: integration/test_side_by_side_trace.py)."""
 import importlib.util
 import pathlib
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 
 PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "open_clip_side_by_side.py"
 SPEC = importlib.util.spec_from_file_location("open_clip_side_by_side", PATH)
@@ -20,14 +17,3 @@ def test_thunk_names_map_to_kinds_and_containers_are_not_counted():
     assert kind("transpose_copy_fusion") == "layout copies" and kind("multiply_add_fusion") == "rest"
     assert kind("ThunkExecutor::Execute") is None and kind("while") is None and kind("end: ynn_fusion") is None
     assert side_by_side.torch_kind("aten::addmm") == "matmul" and side_by_side.torch_kind("aten::gelu") == "rest"
-
-
-def test_a_traced_product_lands_in_the_matmul_kinds():
-    """One jitted [1024, 512] x [512, 1024] product: its time is the trace's matrix-product time."""
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((1024, 512), np.float32))
-    product = jax.jit(lambda a: a @ a.T)
-    product(x).block_until_ready()
-    seconds = side_by_side.clip_jax_profile(lambda: product(x).block_until_ready())
-    assert set(seconds) == set(side_by_side.KINDS)
-    matmul = seconds["matmul"] + seconds["matmul (Eigen fallback)"]
-    assert matmul > 0 and matmul >= 0.5 * sum(seconds.values())

@@ -2,8 +2,6 @@
 import json
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -68,8 +66,8 @@ WORDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def captions_file(tmp_path_factory):
+def write_captions(path) -> str:
+    """2000 made-up captions, one a line; returns the path."""
     rng = random.Random(0)
     lines = []
     syllables = "ka lo mi ne su ta ri po ve da gu sho ble tran qui fer zan ox el um".split()
@@ -78,9 +76,13 @@ def captions_file(tmp_path_factory):
         words = [rng.choice(["A", "a", "The", "the"]), rng.choice(WORDS["adj"]), rng.choice(WORDS["noun"]), "named"]
         words += [name.capitalize(), rng.choice(WORDS["verb"]), rng.choice(WORDS["place"])]
         lines.append(" ".join(words) + rng.choice(["", "."]))
-    path = tmp_path_factory.mktemp("captions") / "captions.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def captions_file(tmp_path_factory):
+    return write_captions(tmp_path_factory.mktemp("captions") / "captions.txt")
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +97,6 @@ def test_train_sentencepiece_id_layout(spm_model):
     sp = spm.SentencePieceProcessor(model_file=spm_model)
     assert sp.vocab_size() == 200
     assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2, 3)
-
-
-def test_train_sentencepiece_command_line(captions_file, spm_model, tmp_path):
-    prefix = str(tmp_path / "cli" / "spm")
-    args = ["--input", captions_file, "--output_prefix", prefix, "--vocab_size", "200", "--lowercase"]
-    result = subprocess.run(
-        [sys.executable, "-m", "clip_jax.tokenizers.sentencepiece_trainer", *args, "--character_coverage", "1.0"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )
-    assert result.stdout.strip().splitlines()[-1] == f"{prefix}.model"
-    texts = ["a fluffy cat sleeping on the grass", "The old boat floating near a river."]
-    np.testing.assert_array_equal(
-        SentencePieceTokenizer(f"{prefix}.model", 16)(texts), SentencePieceTokenizer(spm_model, 16)(texts)
-    )
 
 
 def test_sentencepiece_rows(spm_model):

@@ -3,6 +3,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -16,9 +17,17 @@ from clip_jax.model_config import model_from_config
 BATCH = 16
 
 
+def one_block(model: str) -> dict:
+    """model_overrides with one block per tower (RN-Tiny's image tower already has one per stage): a step of
+    ViT-Tiny-8 (four blocks per tower) compiles in a third of the time, with every kind of layer still in it."""
+    return {"text": {"layers": 1}, **({} if model.startswith("RN") else {"vision": {"layers": 1}})}
+
+
 def small_config(**changes):
+    """ViT-Tiny-8 (or `model`) with one block per tower, batch 16, captions of 77 tokens."""
     c = config_lib.default_config()
-    c.model = "ViT-Tiny-8"
+    c.model = changes.get("model", "ViT-Tiny-8")
+    c.model_overrides = ml_collections.ConfigDict(one_block(c.model))
     c.dtype = "float32"
     c.batch_size = BATCH
     c.total_steps = 10
@@ -177,8 +186,8 @@ SIGLIP_SMALL = dict(
     loss="siglip",
     model_overrides=dict(
         embed_dim=128,
-        vision=dict(image_size=32, width=128, layers=4, patch_size=8, head_width=32),
-        text=dict(width=128, heads=4, layers=4),
+        vision=dict(image_size=32, width=128, layers=1, patch_size=8, head_width=32),
+        text=dict(width=128, heads=4, layers=1),
     ),
 )
 

@@ -18,7 +18,6 @@ import collections
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import traceback
@@ -26,7 +25,6 @@ import traceback
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_EVAL, N_TRAIN = 33, 27  # odd: uneven process shares (17 + 16) and padded final batches
 EVAL = f"shapes:eval#size=32&n={N_EVAL}"
 TRAIN = f"shapes:val#size=32&n={N_TRAIN}"
@@ -183,26 +181,17 @@ def _library_metrics(model, variables) -> dict[str, float]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def results(tmp_path_factory):
     """{"single": one process x 8 devices, "p0"/"p1": two processes x 4 devices}: each worker's JSON."""
+    from runs import REPO, cluster_env, free_port  # here: the workers (this file as a script) need none of it
+
     out = tmp_path_factory.mktemp("eval_multihost")
-    port = _free_port()
+    port = free_port()
     launches = {"single": (0, 1, 8), "p0": (0, 2, 4), "p1": (1, 2, 4)}
     processes = {}
     for name, (process_id, num_processes, devices) in launches.items():
-        env = {
-            **os.environ,
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-            "JAX_PLATFORMS": "cpu",
-        }
+        env = cluster_env(devices)
         command = [sys.executable, __file__, str(process_id), str(num_processes), str(port), str(out / f"{name}.json")]
         processes[name] = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -221,61 +210,35 @@ def runs(tmp_path_factory):
     return {name: json.loads((out / f"{name}.json").read_text()) for name in launches}
 
 
-def test_two_processes_give_the_single_process_metrics_exactly(runs):
-    assert runs["single"]["devices"] == runs["p0"]["devices"] == 8
-    assert runs["p0"]["digests"] == runs["p1"]["digests"] == runs["single"]["digests"]  # the same gathered arrays
-    metrics = runs["single"]["metrics"]
+def test_two_processes_give_the_single_process_metrics_exactly(results):
+    assert results["single"]["devices"] == results["p0"]["devices"] == 8
+    assert results["p0"]["digests"] == results["p1"]["digests"] == results["single"]["digests"]  # the same gathered arrays
+    metrics = results["single"]["metrics"]
     expected = {f"zeroshot/{k}" for k in ("top1", "top5", "mean_per_class_recall")}
     expected |= {f"retrieval/{d}_R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     expected |= {"probe/top1", "probe/val_top1", "probe/l2"}
     expected |= {f"captions/{k}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "named")}
     assert set(metrics) == expected
-    assert runs["p0"]["metrics"] == metrics
-    assert runs["p1"]["metrics"] == metrics
+    assert results["p0"]["metrics"] == metrics
+    assert results["p1"]["metrics"] == metrics
 
 
-def test_in_loop_metrics_equal_the_library_path(runs):
+def test_in_loop_metrics_equal_the_library_path(results):
     """One process: the sharded, gathered, reordered embeddings give what run_eval on the plain batches gives;
     the captioner's captions score what limber.caption's on the plain batches score. (Greedy decoding of
     batches split differently agrees unless two of the 49,408 logits tie to float32 rounding, ~1e-6 of
     their scale, which random weights make vanishingly rare.)"""
-    single = runs["single"]
+    single = results["single"]
     assert single["library"] == pytest.approx({k: single["metrics"][k] for k in single["library"]}, abs=1e-9)
 
 
-def test_each_process_reads_only_its_share(runs):
+def test_each_process_reads_only_its_share(results):
     """Process p reads records p, p + 2, ...: each eval set once per eval (4 for `eval`, 1 for `val`)."""
     for split, n, reads in (("eval", N_EVAL, 4), ("val", N_TRAIN, 1)):
-        assert collections.Counter(runs["single"]["read"][split]) == collections.Counter(list(range(n)) * reads)
+        assert collections.Counter(results["single"]["read"][split]) == collections.Counter(list(range(n)) * reads)
         for process in (0, 1):
             share = list(range(process, n, 2)) * reads
-            assert collections.Counter(runs[f"p{process}"]["read"][split]) == collections.Counter(share), split
-
-
-def test_canonical_order_ignores_the_arrangement_of_rows():
-    from clip_jax.evaluation.in_loop import canonical_order
-
-    rng = np.random.default_rng(0)
-    rows = {"images": rng.normal(size=(9, 4)).astype(np.float32), "labels": rng.integers(0, 3, 9)}
-    rows["images"][5] = rows["images"][2]  # equal embeddings, told apart by the label
-    permutation = rng.permutation(9)
-    shuffled = {k: v[permutation] for k, v in rows.items()}
-    ordered = [{k: v[canonical_order(r)] for k, v in r.items()} for r in (rows, shuffled)]
-    for k in rows:
-        np.testing.assert_array_equal(ordered[0][k], ordered[1][k])
-
-
-def test_lockstep_pads_with_masked_blanks_and_local_batch_size():
-    from clip_jax.evaluation.in_loop import local_batch_size, lockstep
-
-    batches = [{"images": np.ones((2, 3)), "mask": np.array([True, False])}] * 2
-    steps = lockstep(batches)
-    assert [more for _, more in (next(steps), next(steps))] == [True, False]
-    blank, more = next(steps)
-    assert not more and not blank["mask"].any() and blank["images"].shape == (2, 3) and not blank["images"].any()
-    assert local_batch_size(16, 8, 2) == 8 and local_batch_size(10, 8, 2) == 8 and local_batch_size(10, 4, 1) == 12
-    with pytest.raises(ValueError, match="do not split evenly"):
-        local_batch_size(16, 2, 4)
+            assert collections.Counter(results[f"p{process}"]["read"][split]) == collections.Counter(share), split
 
 
 if __name__ == "__main__":

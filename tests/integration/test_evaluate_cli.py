@@ -1,8 +1,9 @@
 """`python -m clip_jax.evaluate` end to end on a tiny trained model and a `csv:` set.
 
-One module fixture trains ViT-Tiny-8 for 40 steps on `shapes` and writes a
-CSV of 45 labelled shape images with their captions. The CLI then runs on 8
-simulated devices in one process and, as a 2 x 4 cluster (gloo on loopback),
+The model is the session's trained run (conftest.trained_run: ViT-Tiny-8 with one block per tower,
+40 steps on `shapes`); a module fixture writes a CSV of 45 fresh labelled shape images (the `val`
+split: combinations seen in training) with their captions.
+The CLI then runs on 8 simulated devices in one process and, as a 2 x 4 cluster (gloo on loopback),
 in two: both must write the same records, and those must equal CLIP_benchmark's
 metric definitions (tests/test_clip_benchmark_metrics.py) computed here from
 the model's embeddings of the pipeline's images on one device.
@@ -20,27 +21,11 @@ import pytest
 import clip_jax
 from clip_jax import data
 from clip_jax.data import shapes
+from runs import REPO, TIMEOUT_S, start_cluster, wait_cluster
 from test_clip_benchmark_metrics import clip_benchmark_retrieval, clip_benchmark_zeroshot
-from test_multihost import free_port
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 45  # not a multiple of the batch (16) or of the devices: padded, uneven shares
 CLASSNAMES = shapes.classnames("shape")
-TIMEOUT_S = 600
-CONFIG = """
-import ml_collections
-from configs.tiny import get_config as tiny
-
-
-def get_config():
-    config = tiny()
-    config.total_steps = 40
-    config.optimizer.warmup_steps = 10
-    config.checkpoint_every_steps = 40
-    config.log_every_steps = 20
-    config.evals = ml_collections.ConfigDict()
-    return config
-"""
 EVAL_CONFIG = """
 import ml_collections
 from clip_jax.config import default_config as default
@@ -62,17 +47,12 @@ def _run(command, env=None, timeout=TIMEOUT_S):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(trained_run, tmp_path_factory):
     """(run workdir, csv path, eval config path)."""
     root = tmp_path_factory.mktemp("evaluate_cli")
-    config = root / "train_config.py"
-    config.write_text(CONFIG)
-    workdir = root / "run"
-    result = _run([sys.executable, "-m", "clip_jax.main", f"--config={config}", f"--workdir={workdir}"])
-    assert result.returncode == 0, result.stderr[-3000:]
     images = root / "images"
     images.mkdir()
-    spec = shapes.ShapesConfig(split="eval", n=NUM_IMAGES, size=32)
+    spec = shapes.ShapesConfig(split="val", n=NUM_IMAGES, size=32)
     csv = root / "shapes.csv"
     with open(csv, "w", newline="") as f:
         writer = csv_module.writer(f)
@@ -83,7 +63,7 @@ def setup(tmp_path_factory):
             writer.writerow([f"images/{i}.png", example.captions[0], example.label])
     eval_config = root / "eval_config.py"
     eval_config.write_text(EVAL_CONFIG.format(csv=csv, classnames=CLASSNAMES))
-    return str(workdir), str(csv), str(eval_config)
+    return trained_run.workdir, str(csv), str(eval_config)
 
 
 def _cli(*flags, processes=1, tmp_path):
@@ -94,23 +74,10 @@ def _cli(*flags, processes=1, tmp_path):
         result = _run(command)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(output.read_text()), result
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-    cluster = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={processes}",
-               "--heartbeat_timeout_seconds=30"]
-    logs = [tmp_path / f"process_{i}.log" for i in range(processes)]
-    workers = [
-        subprocess.Popen([*command, *cluster, f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                         stderr=open(log, "w"))
-        for i, log in enumerate(logs)
-    ]
-    try:
-        codes = [worker.wait(timeout=TIMEOUT_S) for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    assert codes == [0] * processes, [log.read_text()[-3000:] for log in logs]
-    return json.loads(output.read_text()), logs[0].read_text()
+    processes_started = start_cluster([*command, "--heartbeat_timeout_seconds=30"], processes, str(tmp_path))
+    codes, logs = wait_cluster(processes_started, str(tmp_path))
+    assert codes == [0] * processes, [log[-3000:] for log in logs]
+    return json.loads(output.read_text()), logs[0]
 
 
 def _reference_embeddings(workdir, csv):

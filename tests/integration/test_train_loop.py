@@ -1,5 +1,6 @@
 """End to end through `python -m clip_jax.main` on one process: logging, evals, resume after SIGKILL,
-SIGTERM, init_from (several processes: test_multihost.py)."""
+SIGTERM, init_from (several processes: test_multihost.py). The uninterrupted run is the session's
+`trained_run` (conftest.py), which other tests share."""
 import json
 import os
 import signal
@@ -11,65 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from clip_jax.weights import load_variables
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TEST_CONFIG = f'''
-import runpy
-import ml_collections
+from runs import REPO, final_params, main_command, run_main
 
 
-def get_config():
-    config = runpy.run_path({os.path.join(REPO, "configs", "tiny.py")!r})["get_config"]()
-    config.model_overrides = ml_collections.ConfigDict(dict(
-        embed_dim=32,
-        vision=dict(width=64, layers=1, head_width=32),
-        text=dict(width=64, heads=2, layers=1, context_length=24),
-    ))
-    config.batch_size = 16
-    config.total_steps = 40
-    config.optimizer.warmup_steps = 4
-    config.checkpoint_every_steps = 5
-    config.log_every_steps = 5
-    config.evals.shapes_heldout.data = "shapes:eval#size=32&n=48"
-    config.evals.shapes_heldout.every_steps = 40
-    del config.evals["shapes_val"]
-    return config
-'''
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "test_config.py"
-    path.write_text(TEST_CONFIG)
-    return str(path)
-
-
-def main_command(config_file, workdir, *overrides):
-    return [sys.executable, "-m", "clip_jax.main", f"--config={config_file}", f"--workdir={workdir}", *overrides]
-
-
-def run_main(config_file, workdir, *overrides):
-    result = subprocess.run(main_command(config_file, workdir, *overrides), capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def final_params(workdir, step=None):
-    variables, metadata = load_variables(os.path.join(workdir, "checkpoints"), step)
-    return variables["params"], metadata
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(config_file, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    result = run_main(config_file, workdir)
-    return workdir, result
-
-
-def test_run_logs_metrics_checkpoints_and_evals(uninterrupted):
-    workdir, result = uninterrupted
+def test_run_logs_metrics_checkpoints_and_evals(trained_run):
+    workdir, stderr = trained_run
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == list(range(5, 41, 5))
@@ -83,12 +30,12 @@ def test_run_logs_metrics_checkpoints_and_evals(uninterrupted):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
     checkpoints = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert checkpoints == [30, 35, 40]  # keep_checkpoints = 3
-    assert "ETA" in result.stderr  # the progress line
+    assert "ETA" in stderr  # the progress line
     _, metadata = final_params(workdir)
     assert metadata["model"] == "ViT-Tiny-8" and metadata["overrides"]["text"]["layers"] == 1
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(config_file, uninterrupted, tmp_path):
+def test_resume_after_sigkill_matches_uninterrupted_run(config_file, trained_run, tmp_path):
     workdir = str(tmp_path / "killed")
     process = subprocess.Popen(
         main_command(config_file, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
@@ -103,7 +50,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(config_file, uninterrupt
     assert 10 <= max(steps) < 40
     run_main(config_file, workdir)
     resumed, _ = final_params(workdir)
-    expected, _ = final_params(uninterrupted[0])
+    expected, _ = final_params(trained_run[0])
     jax.tree.map(np.testing.assert_array_equal, resumed, expected)
 
 
@@ -125,16 +72,16 @@ def test_sigterm_saves_and_stops(config_file, tmp_path):
 
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
-def test_init_from_starts_at_given_weights(config_file, uninterrupted, tmp_path, loss):
+def test_init_from_starts_at_given_weights(config_file, trained_run, tmp_path, loss):
     """A CLIP run's weights start a CLIP run, or a SigLIP run whose logit bias the weights lack."""
     workdir = str(tmp_path / "finetune")
     run_main(
-        config_file, workdir, f"--config.init_from={uninterrupted[0]}", "--config.total_steps=1",
+        config_file, workdir, f"--config.init_from={trained_run[0]}", "--config.total_steps=1",
         "--config.optimizer.warmup_steps=0", "--config.optimizer.learning_rate=1e-9",
         "--config.evals.shapes_heldout.every_steps=1000", f"--config.loss={loss}",
     )
     started, _ = final_params(workdir)
-    source, _ = final_params(uninterrupted[0])
+    source, _ = final_params(trained_run[0])
     if loss == "siglip":
         assert float(started.pop("logit_bias")) == pytest.approx(-10.0, abs=1e-6)  # SigLIP's init, one tiny step
     # one AdamW step at lr 1e-9 moves each entry by at most lr * (1 + wd * |p|) < 1e-8
@@ -147,24 +94,6 @@ def test_bad_config_field_is_named_before_compiling(config_file, tmp_path):
     )
     assert result.returncode != 0
     assert "config.loss" in result.stderr and "infonce" in result.stderr
-
-
-def test_sentencepiece_tokenizer_trains_from_scratch(config_file, tmp_path):
-    """A SentencePiece vocabulary trained on the captions sets the text tower's size and pooling."""
-    from clip_jax.data import shapes
-    from clip_jax.tokenizers import train_sentencepiece
-
-    captions = tmp_path / "captions.txt"
-    config = shapes.ShapesConfig(n=300, size=16)
-    captions.write_text("\n".join(c for i in range(300) for c in shapes.example(config, i).captions))
-    model_file = train_sentencepiece(str(captions), str(tmp_path / "spm"), vocab_size=60)
-    workdir = str(tmp_path / "spm_run")
-    run_main(config_file, workdir, "--config.total_steps=5", f"--config.data.tokenizer=sentencepiece:{model_file}")
-    params, metadata = final_params(workdir)
-    assert metadata["overrides"]["text"]["vocab_size"] == 60 and metadata["overrides"]["text"]["pool_type"] == "last"
-    assert params["text"]["token_embedding"]["embedding"].shape == (60, 64)
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert np.isfinite([r["loss"] for r in records if "loss" in r]).all()
 
 
 def test_headline_command_without_data_names_the_source_and_flag(tmp_path):

@@ -9,113 +9,68 @@ Every run reads 2 data streams (config.data.num_streams=2), so every global
 batch is the same examples in the same order whatever the process count, and
 every run shards parameters and optimizer state over all 8 devices (mesh
 fsdp=8): with 2 processes, FSDP spans both hosts.
+
+The runs tokenize with a 60-piece SentencePiece vocabulary (conftest.sentencepiece_model), not CLIP's
+49,408: the step's one large transfer, the token embedding's all-gather and gradient all-reduce (12.6 MB
+at CLIP's vocabulary), stalls on loopback TCP, where gloo's sockets carry one 64 KB segment at a time
+and the receiver acknowledges it after its 40 ms delayed-ACK timer (measured: 20 s a step at CLIP's
+vocabulary, 0.7-0.8 s at 60 pieces; docs/testing.md).
 """
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import time
 
 import jax
 import numpy as np
 import pytest
-from test_train_loop import TEST_CONFIG, final_params, main_command
 
 from clip_jax.checkpointing import Checkpointer
+from runs import (
+    TIMEOUT_S, checkpoint_steps, final_params, losses, main_command, records, start_cluster, wait_cluster,
+    wait_for_checkpoint,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 600
 STEPS = 15
 OVERRIDES = (
-    f"--config.total_steps={STEPS}", "--config.log_every_steps=1", "--config.data.num_streams=2", "--config.mesh.data=1", "--config.mesh.fsdp=8",
-    "--heartbeat_timeout_seconds=10",
+    f"--config.total_steps={STEPS}", "--config.batch_size=16", "--config.log_every_steps=1",
+    "--config.data.num_streams=2", "--config.mesh.data=1", "--config.mesh.fsdp=8", "--heartbeat_timeout_seconds=10",
 )
 
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "multihost_config.py"
-    path.write_text(TEST_CONFIG)
-    return str(path)
+def multihost_config(config_file, sentencepiece_model):
+    """(config file, the tokenizer override every run of this file adds)."""
+    return config_file, f"--config.data.tokenizer=sentencepiece:{sentencepiece_model}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start(multihost_config, workdir, num_processes, *overrides):
+    """num_processes processes of one run (4 devices each when > 1, else 8): (processes, their log directory)."""
+    config_file, tokenizer = multihost_config
+    log_dir = workdir + "_logs"
+    command = main_command(config_file, workdir, *OVERRIDES, tokenizer, *overrides)
+    return start_cluster(command, num_processes, log_dir), log_dir
 
 
-def start(config_file, workdir, num_processes, *overrides, log_dir=None):
-    """num_processes processes of one run (4 devices each when > 1, else 8); stderr to log_dir/process_<i>.log."""
-    log_dir = log_dir or workdir + "_logs"
-    os.makedirs(log_dir, exist_ok=True)
-    port = free_port()
-    devices = 8 // num_processes
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-    cluster = lambda i: (f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
-                         f"--process_id={i}") if num_processes > 1 else ()
-    processes = []
-    for i in range(num_processes):
-        log = open(os.path.join(log_dir, f"process_{i}.log"), "w")
-        command = main_command(config_file, workdir, *OVERRIDES, *cluster(i), *overrides)
-        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO, env=env))
-    return processes, log_dir
-
-
-def wait(processes, log_dir):
-    """Exit codes of all processes and their logs; kills them all on a time-out (a hang fails the test)."""
-    deadline = time.time() + TIMEOUT_S
-    try:
-        codes = [p.wait(timeout=max(deadline - time.time(), 1)) for p in processes]
-    except subprocess.TimeoutExpired:
-        for p in processes:
-            p.kill()
-        pytest.fail(f"processes still running after {TIMEOUT_S} s: a hang")
-    logs = [open(os.path.join(log_dir, f"process_{i}.log")).read() for i in range(len(processes))]
-    return codes, logs
-
-
-def run(config_file, workdir, num_processes, *overrides):
-    codes, logs = wait(*start(config_file, workdir, num_processes, *overrides))
+def run(multihost_config, workdir, num_processes, *overrides):
+    codes, logs = wait_cluster(*start(multihost_config, workdir, num_processes, *overrides))
     for code, log in zip(codes, logs):
         assert code == 0, log[-3000:]
     return logs
 
 
-def losses(workdir):
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
-def checkpoint_steps(workdir):
-    directory = os.path.join(workdir, "checkpoints")
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-
-
-def wait_for_checkpoint(workdir, step, processes):
-    """Until checkpoint `step` is committed (Orbax renames its temporary directory last)."""
-    deadline = time.time() + TIMEOUT_S
-    while step not in checkpoint_steps(workdir) and time.time() < deadline:
-        assert all(p.poll() is None for p in processes), "a process ended before the checkpoint"
-        time.sleep(0.05)
-    assert step in checkpoint_steps(workdir)
-
-
 @pytest.fixture(scope="module")
-def two(config_file, tmp_path_factory):
+def two(multihost_config, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("two") / "run")
-    logs = run(config_file, workdir, 2)
+    logs = run(multihost_config, workdir, 2)
     return workdir, logs
 
 
 @pytest.fixture(scope="module")
-def killed(config_file, tmp_path_factory):
+def killed(multihost_config, tmp_path_factory):
     """(workdir resumed to the end, a copy of it as it was when killed)."""
     workdir = str(tmp_path_factory.mktemp("killed") / "run")
-    processes, _ = start(config_file, workdir, 2)
+    processes, _ = start(multihost_config, workdir, 2)
     wait_for_checkpoint(workdir, 10, processes)
     for p in processes:
         p.send_signal(signal.SIGKILL)
@@ -123,14 +78,14 @@ def killed(config_file, tmp_path_factory):
     snapshot = workdir + "_at_kill"
     shutil.copytree(workdir, snapshot)
     assert 10 <= max(checkpoint_steps(snapshot)) < STEPS
-    run(config_file, workdir, 2)
+    run(multihost_config, workdir, 2)
     return workdir, snapshot
 
 
 @pytest.fixture(scope="module")
-def one(config_file, tmp_path_factory):
+def one(multihost_config, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("one") / "run")
-    run(config_file, workdir, 1)
+    run(multihost_config, workdir, 1)
     return workdir
 
 
@@ -139,13 +94,20 @@ def test_two_processes_train_evaluate_and_checkpoint_with_fsdp_over_both(two):
     assert "process 0 of 2, 8 devices" in logs[0] and "process 1 of 2, 8 devices" in logs[1]
     assert "'fsdp': 8" in logs[0]  # the mesh: every parameter split over both processes' devices
     assert sorted(losses(workdir)) == list(range(1, STEPS + 1))  # metrics.jsonl is written once, by process 0
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert any("shapes_heldout/top1" in r for r in records)
+    assert any("shapes_heldout/top1" in r for r in records(workdir))
     assert "Total:" in logs[0]  # the parameter overview, from shapes
     assert checkpoint_steps(workdir) == [5, 10, 15]
     data_state = Checkpointer(workdir, keep=3).restore_data(STEPS)
     assert sorted(data_state["streams"]) == ["0", "1"]  # both processes' input positions, in one item
     assert [s["examples"] for s in data_state["streams"].values()] == [STEPS * 8] * 2  # 8 rows per stream a step
+
+
+def test_sentencepiece_vocabulary_sets_the_text_tower(two):
+    """The run's SentencePiece vocabulary, trained on the captions, sets the text tower's size and pooling."""
+    params, metadata = final_params(two[0])
+    assert metadata["overrides"]["text"]["vocab_size"] == 60 and metadata["overrides"]["text"]["pool_type"] == "last"
+    assert params["text"]["token_embedding"]["embedding"].shape == (60, 128)
+    assert np.isfinite(list(losses(two[0]).values())).all()
 
 
 def test_resume_after_sigkill_is_bit_identical(two, killed):
@@ -160,7 +122,7 @@ def test_resume_after_sigkill_is_bit_identical(two, killed):
 LOSS_RTOL = 2e-5
 
 
-def adam_drift_bound(config_file, first_step, last_step):
+def adam_drift_bound(multihost_config, first_step, last_step):
     """How far two runs' parameters can drift apart from step first_step to last_step on rounding alone.
 
     Each AdamW step moves an entry by at most lr * adam_update_bound (plus weight decay, which
@@ -172,7 +134,7 @@ def adam_drift_bound(config_file, first_step, last_step):
 
     from clip_jax import optim
 
-    config = runpy.run_path(config_file)["get_config"]()
+    config = runpy.run_path(multihost_config[0])["get_config"]()
     config.total_steps = STEPS
     schedule, opt = optim.learning_rate_schedule(config), config.optimizer
     bound = 0.0
@@ -181,36 +143,36 @@ def adam_drift_bound(config_file, first_step, last_step):
     return bound
 
 
-def assert_same_training(config_file, got_workdir, want_workdir, first_step=0):
+def assert_same_training(multihost_config, got_workdir, want_workdir, first_step=0):
     got, want = losses(got_workdir), losses(want_workdir)
     steps = [s for s in want if s > first_step]
     np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=LOSS_RTOL)
-    bound = adam_drift_bound(config_file, first_step, STEPS)
+    bound = adam_drift_bound(multihost_config, first_step, STEPS)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=bound),
                  final_params(got_workdir)[0], final_params(want_workdir)[0])
 
 
-def test_one_process_trains_like_two(config_file, two, one):
+def test_one_process_trains_like_two(multihost_config, two, one):
     """The same global batches (2 data streams) on 1 x 8 and 2 x 4 devices, every step."""
-    assert_same_training(config_file, one, two[0])
+    assert_same_training(multihost_config, one, two[0])
 
 
-def test_elastic_resume_on_one_process(config_file, two, killed, tmp_path):
+def test_elastic_resume_on_one_process(multihost_config, two, killed, tmp_path):
     """The 2-process run's step-10 checkpoint, resumed by 1 process: no example repeated or skipped."""
     workdir = str(tmp_path / "elastic")
     shutil.copytree(killed[1], workdir)
     for step in checkpoint_steps(workdir):  # resume from step 10 exactly
         if step > 10:
             shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
-    run(config_file, workdir, 1)
+    run(multihost_config, workdir, 1)
     assert "resumed from step 10" in open(workdir + "_logs/process_0.log").read()
-    assert_same_training(config_file, workdir, two[0], first_step=10)
+    assert_same_training(multihost_config, workdir, two[0], first_step=10)
 
 
-def test_sigterm_to_both_processes_saves_once_and_both_exit_0(config_file, tmp_path):
+def test_sigterm_to_both_processes_saves_once_and_both_exit_0(multihost_config, tmp_path):
     workdir = str(tmp_path / "preempted")
     processes, log_dir = start(
-        config_file, workdir, 2, "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"
+        multihost_config, workdir, 2, "--config.total_steps=100000", "--config.checkpoint_every_steps=100000"
     )
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + TIMEOUT_S
@@ -219,7 +181,7 @@ def test_sigterm_to_both_processes_saves_once_and_both_exit_0(config_file, tmp_p
         time.sleep(0.05)
     for p in processes:
         p.send_signal(signal.SIGTERM)
-    codes, logs = wait(processes, log_dir)
+    codes, logs = wait_cluster(processes, log_dir)
     assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     steps = checkpoint_steps(workdir)
     assert len(steps) == 1 and 1 <= steps[0] < 100000
@@ -227,7 +189,7 @@ def test_sigterm_to_both_processes_saves_once_and_both_exit_0(config_file, tmp_p
         assert f"preemption notice: every process saves a checkpoint at step {steps[0]} and stops" in log
 
 
-def test_an_error_on_one_process_ends_every_process(config_file, tmp_path):
+def test_an_error_on_one_process_ends_every_process(multihost_config, tmp_path):
     """Process 1's data stream has no valid example: it logs that error and exits; process 0 is ended too."""
     images = tmp_path / "images"
     images.mkdir()
@@ -241,15 +203,15 @@ def test_an_error_on_one_process_ends_every_process(config_file, tmp_path):
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     workdir = str(tmp_path / "failing")
     started = time.time()
-    codes, logs = wait(*start(config_file, workdir, 2, f"--config.data.train=csv:{tmp_path / 'data.csv'}"))
+    codes, logs = wait_cluster(*start(multihost_config, workdir, 2, f"--config.data.train=csv:{tmp_path / 'data.csv'}"))
     assert codes[0] != 0 and codes[1] == 1, (codes, logs[0][-2000:], logs[1][-2000:])
     assert "process 1 of 2 failed" in logs[1] and "NoValidDataError" in logs[1]
     assert "has no valid example" in logs[1]
     assert time.time() - started < TIMEOUT_S
 
 
-# Data parallel (mesh data=8): the queue is split over both hosts' devices; parameters are replicated,
-# since DeCLIP's step under FSDP over gloo on 2 CPU cores takes over a minute a step.
+# Data parallel (mesh data=8), beside the FSDP runs above: the queue is split over both hosts' devices and
+# the parameters are replicated on each.
 DECLIP = ("--config.loss=declip", "--config.declip.projection_dim=32", "--config.declip.queue_size=32",
           "--config.total_steps=6", "--config.checkpoint_every_steps=3", "--config.evals.shapes_heldout.every_steps=1000",
           "--config.mesh.data=8", "--config.mesh.fsdp=1")
@@ -267,19 +229,19 @@ def text_queue(workdir, step):
     return np.asarray(train["extra"]["text_queue"])
 
 
-def test_declip_queue_across_hosts_resumes_on_one_process(config_file, tmp_path):
-    """DeCLIP on 2 x 4 with its text queue (2 slots of the 16-row batch) split over both hosts; its step-3
-    checkpoint (queue full) resumed on 1 x 8: steps 4-6 give the 2-process losses (rounding, as above) and
-    the same queue (unit vectors written from those steps: 1e-5)."""
+def test_declip_queue_across_hosts_resumes_on_one_process(multihost_config, tmp_path):
+    """DeCLIP on 2 x 4 with its text queue (2 slots of the 16-row batch, text embeddings of 128) split over
+    both hosts; its step-3 checkpoint (queue full) resumed on 1 x 8: steps 4-6 give the 2-process losses
+    (rounding, as above) and the same queue (unit vectors written from those steps: 1e-5)."""
     two_hosts = str(tmp_path / "two")
-    run(config_file, two_hosts, 2, *DECLIP)
+    run(multihost_config, two_hosts, 2, *DECLIP)
     assert sorted(losses(two_hosts)) == list(range(1, 7))
     elastic = str(tmp_path / "elastic")
     shutil.copytree(two_hosts, elastic)
     shutil.rmtree(os.path.join(elastic, "checkpoints", "6"))
     queue_at_3 = text_queue(elastic, 3)
-    assert queue_at_3.shape == (2, 16, 32) and np.allclose(np.linalg.norm(queue_at_3, axis=-1), 1, atol=1e-5)
-    run(config_file, elastic, 1, *DECLIP)
+    assert queue_at_3.shape == (2, 16, 128) and np.allclose(np.linalg.norm(queue_at_3, axis=-1), 1, atol=1e-5)
+    run(multihost_config, elastic, 1, *DECLIP)
     assert "resumed from step 3" in open(elastic + "_logs/process_0.log").read()
     got, want = losses(elastic), losses(two_hosts)
     np.testing.assert_allclose([got[s] for s in range(4, 7)], [want[s] for s in range(4, 7)], rtol=LOSS_RTOL)

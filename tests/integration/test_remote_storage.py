@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +19,14 @@ import tensorflow as tf
 from etils import epath
 from gcs_emulator import gcs_emulator
 from test_data_util import write_csv, write_image_files, write_tfds, write_wds
-from test_train_loop import TEST_CONFIG
 
 from clip_jax import weights
 from clip_jax.import_weights import import_weights
 from clip_jax.model_config import model_from_config
 from clip_jax.tokenizers import SentencePieceTokenizer, get_tokenizer, train_sentencepiece
+from runs import REPO, TEST_CONFIG, run_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "gs://clip-jax-test"
-RUN_TIMEOUT_S = 400
 
 CONFIG = TEST_CONFIG.replace("    return config", f'''
     config.total_steps = 10
@@ -63,14 +59,6 @@ def upload(local_dir: str, remote_dir: str) -> None:
             tf.io.gfile.copy(os.path.join(root, name), target, overwrite=True)
 
 
-def run_main(config_file: str, workdir: str, cwd: str, *overrides: str) -> str:
-    """Runs `python -m clip_jax.main` to completion (bounded); returns its log."""
-    command = [sys.executable, "-m", "clip_jax.main", f"--config={config_file}", f"--workdir={workdir}", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=RUN_TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
-
-
 def test_run_in_a_bucket_resumes_from_the_bucket(gcs, tmp_path):
     local = tmp_path / "local"
     write_wds(str(local / "wds"), shards=2, per_shard=12)
@@ -87,8 +75,8 @@ def test_run_in_a_bucket_resumes_from_the_bucket(gcs, tmp_path):
     workdir, cwd = f"{BUCKET}/run", tmp_path / "cwd"
     cwd.mkdir()
 
-    first = run_main(str(config_file), workdir, str(cwd), "--config.total_steps=5", f"--config.init_from={BUCKET}/init")
-    second = run_main(str(config_file), workdir, str(cwd))
+    first = run_main(str(config_file), workdir, "--config.total_steps=5", f"--config.init_from={BUCKET}/init", cwd=cwd).stderr
+    second = run_main(str(config_file), workdir, cwd=cwd).stderr
 
     assert f"initialised parameters from {BUCKET}/init" in first
     assert f"resumed from step 5 in {workdir}/checkpoints" in second

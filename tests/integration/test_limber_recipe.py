@@ -1,6 +1,6 @@
 """The LiMBeR recipe on the built-in data end to end (slow: up to an hour on 2 CPU cores).
 
-    pytest -m slow tests/test_limber_recipe.py
+    pytest -m slow tests/integration/test_limber_recipe.py
 
 configs/tiny.py (the image tower), configs/lm_shapes.py (the caption LM) and
 configs/limber_shapes.py (the linear map), each run as its docstring says;
@@ -12,18 +12,20 @@ import json
 import os
 
 import pytest
-from test_train_loop import REPO, run_main
+
+from runs import REPO, run_main
 
 pytestmark = pytest.mark.slow
+RUN_TIMEOUT_S = 3600  # a whole recipe run on 2 CPU cores
 
 
 def test_limber_on_shapes_names_colour_and_shape(tmp_path):
     clip, lm, limber = (str(tmp_path / name) for name in ("clip_tiny", "lm_shapes", "limber_shapes"))
-    run_main(os.path.join(REPO, "configs", "tiny.py"), clip)
-    run_main(os.path.join(REPO, "configs", "lm_shapes.py"), lm)
+    run_main(os.path.join(REPO, "configs", "tiny.py"), clip, timeout=RUN_TIMEOUT_S)
+    run_main(os.path.join(REPO, "configs", "lm_shapes.py"), lm, timeout=RUN_TIMEOUT_S)
     run_main(
         os.path.join(REPO, "configs", "limber_shapes.py"), limber,
-        f"--config.limber.image_from={clip}", f"--config.limber.lm_from={lm}",
+        f"--config.limber.image_from={clip}", f"--config.limber.lm_from={lm}", timeout=RUN_TIMEOUT_S,
     )
     (final,) = [r for r in map(json.loads, open(os.path.join(limber, "metrics.jsonl"))) if "val_color/named" in r]
     print({k: v for k, v in final.items() if k.endswith("/named") or k.endswith("/cider")})
