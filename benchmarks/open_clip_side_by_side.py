@@ -25,7 +25,7 @@ architecture and take the same work:
 Times are the median of --steps calls after --warmup (compilation excluded;
 products: at least 50 after 5).
 Train steps and products also get their rate in GFLOP/s: model FLOPs of the
-step (clip_jax's count, `clip_jax.flops`, the same architecture on both
+step (clip_jax's count, `clip_jax.training.flops`, the same architecture on both
 sides) or 2 M K N of the product, over the time. The products' rate is what
 this machine's matrix kernels reach, so a step's time cannot fall below its
 FLOPs at that rate: the "bound" column is open_clip's step time over that
@@ -37,7 +37,7 @@ blocks (the recipes' setting), unrolled blocks, or both as separate rows;
 --malloc picks the host allocator settings both libraries run under, in
 every child alike, one row each: glibc's defaults; transparent huge pages for
 large allocations (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, what clip_jax.main
-restarts itself with: `clip_jax.host_memory`); or huge pages with freed
+restarts itself with: `clip_jax.runtime.host_memory`); or huge pages with freed
 memory kept in the heap ("kept heap": one arena, no mmap, no trimming).
 
 --profile traces one train step of each model in each library instead
@@ -61,7 +61,7 @@ import sys
 import time
 from typing import Callable
 
-from clip_jax import host_memory
+from clip_jax.runtime import host_memory
 
 # glibc's malloc as it comes; with huge pages (what clip_jax.main restarts itself with); and with huge
 # pages and freed memory kept in the heap (one arena, no mappings of its own, no trimming), which
@@ -232,9 +232,10 @@ def clip_jax_result(args: argparse.Namespace) -> dict:
         seconds = median_seconds(lambda: jax.block_until_ready(product(lhs, rhs)), *product_calls(args))
         return {"seconds": seconds, "flops": matmul_flops(args.batch_size)}
 
-    from clip_jax import flops, sharding, train_step
     from clip_jax.config import default_config
     from clip_jax.model_config import model_from_config
+    from clip_jax.runtime import sharding
+    from clip_jax.training import flops, train_step
 
     config = default_config()
     config.update(model=args.model, dtype="float32", batch_size=args.batch_size, scan_layers=bool(args.scan),

@@ -3,9 +3,9 @@
     python benchmarks/scale.py --model ViT-bigG-14 --devices 512 --mesh data=32,fsdp=8,tensor=2 --batch 65536
     python benchmarks/scale.py --model ViT-B-32 --devices 8 --mesh data=1,fsdp=8,tensor=1 --batch 1048576 \\
         --microbatches 512                                       # a million-pair step
-    python benchmarks/scale.py --table                           # the README's table (one child per row)
+    python benchmarks/scale.py --table                           # docs/benchmarks.md's table (one child per row)
 
-The step is `clip_jax.train_step.compile_training`'s: the model (layers
+The step is `clip_jax.training.train_step.compile_training`'s: the model (layers
 scanned, `--remat` rematerialisation, bfloat16 compute by default), the
 cross-device loss (`--loss`: CLIP's, or the sigmoid loss for a model with a
 logit bias such as ViT-SO400M-14-SigLIP; `--loss-impl`, blockwise by
@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# (model, devices, mesh, global batch, micro-batches): the README's table.
+# (model, devices, mesh, global batch, micro-batches): docs/benchmarks.md's table.
 TABLE = (
     ("ViT-L-14", 64, "data=8,fsdp=8,tensor=1", 32768, 4),
     ("ViT-L-14", 512, "data=64,fsdp=8,tensor=1", 65536, 1),
@@ -147,10 +147,11 @@ def plan(args: argparse.Namespace) -> dict:
 
     import jax
 
-    from clip_jax import sharding, train_step
     from clip_jax.config import default_config, validate
     from clip_jax.model_config import model_from_config
     from clip_jax.models.registry import model_spec
+    from clip_jax.runtime import sharding
+    from clip_jax.training import train_step
 
     spec = model_spec(args.model)
     loss = args.loss or ("clip" if spec.init_logit_bias is None else "siglip")

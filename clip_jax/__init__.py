@@ -2,7 +2,7 @@
 
 The names below load on first use (`clip_jax.models`, `from clip_jax import load`), so importing the
 package costs nothing until then: the command-line programs restart themselves
-(`clip_jax.host_memory`) before JAX is imported. `clip_jax.data` (the tf.data input pipeline) imports
+(`clip_jax.runtime.host_memory`) before JAX is imported. `clip_jax.data` (the tf.data input pipeline) imports
 TensorFlow and is left to an explicit `from clip_jax import data`.
 """
 from __future__ import annotations
@@ -11,15 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from clip_jax import convert, evaluation, losses, models, tokenizers
-    from clip_jax.captioner import Captioner, load_captioner
-    from clip_jax.inference import Pretrained, load
+    from clip_jax import evaluation, losses, models, tokenizers, weights
+    from clip_jax.inference.captioner import Captioner, load_captioner
+    from clip_jax.inference.pretrained import Pretrained, load
     from clip_jax.models import create_model, list_models
 
-_SUBMODULES = ("convert", "evaluation", "losses", "models", "tokenizers")
+_SUBMODULES = ("evaluation", "losses", "models", "tokenizers", "weights")
 _DEFINED_IN = {
-    "Captioner": "captioner", "load_captioner": "captioner", "Pretrained": "inference", "load": "inference",
-    "create_model": "models", "list_models": "models",
+    "Captioner": "inference.captioner", "load_captioner": "inference.captioner", "Pretrained": "inference.pretrained",
+    "load": "inference.pretrained", "create_model": "models", "list_models": "models",
 }
 
 __all__ = sorted([*_SUBMODULES, *_DEFINED_IN])

@@ -17,12 +17,12 @@ from clip_jax.evaluation import EVAL_TYPES, find_benchmark, list_benchmarks
 from clip_jax.lm.model import LMConfig
 from clip_jax.lm.registry import list_lms
 from clip_jax.models import CLIP, list_models
-from clip_jax.models.registry import MODEL_SPECS
 from clip_jax.models.layers import REMAT_POLICIES
+from clip_jax.models.registry import MODEL_SPECS
 
 LOSSES = ("clip", "siglip", "clip_lite", "declip", "causal_lm", "limber")
 CAPTIONING_EVAL = "captioning"  # LiMBeR's eval: greedy captions scored by evaluation.caption_eval
-LM_LOSSES = ("causal_lm", "limber")  # next-token losses on captions (clip_jax.objectives.causal_lm, .limber)
+LM_LOSSES = ("causal_lm", "limber")  # next-token losses on captions (clip_jax.training.objectives.causal_lm, .limber)
 LIMBER_PREFIXES = ("grid", "pooled")
 # A caption LM's prompt is its tokenizer's start token: CLIP BPE's SOT, or GPT-2's <|endoftext|> ("gpt2:DIR").
 LM_TOKENIZERS = ("clip", "gpt2:DIR")
@@ -78,7 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
     # image's one negative caption: "shifted" (the next caption of the global batch, the paper's) or
     # "hardest" (the caption of the global batch, other than its own, it scores highest).
     c.clip_lite = ml_collections.ConfigDict(dict(critic_dim=2048, negatives="shifted"))
-    # DeCLIP (Li et al. 2021), used with loss="declip" (clip_jax.objectives.declip): the weight of each
+    # DeCLIP (Li et al. 2021), used with loss="declip" (clip_jax.training.objectives.declip): the weight of each
     # supervision (DeCLIP's code: 0.6 on the four image-view x caption InfoNCE terms, 0.2 each on SimSiam,
     # masked language modelling and nearest neighbours), SimSiam's projection width, the FIFO queue of
     # caption embeddings (a multiple of batch_size), and masked language modelling: the share of caption
@@ -101,7 +101,7 @@ def default_config() -> ml_collections.ConfigDict:
     # layouts, as the paper's LM) are relative: a caption LM trained on captions alone then meets its
     # captions shifted by k positions at no cost, which learned positions cannot offer.
     c.lm = ml_collections.ConfigDict(dict(name="gpt2-tiny", overrides=ml_collections.ConfigDict()))
-    # LiMBeR (Merullo et al. 2023), used with loss="limber" (clip_jax.objectives.limber): only a linear map
+    # LiMBeR (Merullo et al. 2023), used with loss="limber" (clip_jax.training.objectives.limber): only a linear map
     # from image features to k soft-prompt vectors in the LM's input space trains; the image tower
     # (config.model, with config.model_overrides' `vision` fields) and the LM (config.lm) are frozen.
     # image_from: the CLIP weights (clip_jax.import_weights directory) or CLIP run workdir whose 'visual'

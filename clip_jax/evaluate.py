@@ -19,11 +19,11 @@ CLIP_benchmark's format and metric names (`acc1`, `acc5`,
 `mean_per_class_recall`; `image_retrieval_recall@k`, `text_retrieval_recall@k`;
 `lp_acc1`). A data set that is not there ends the run with one line naming it
 and how to prepare it. On Linux it first restarts itself once with glibc's
-huge-page malloc, as clip_jax.main does (`clip_jax.host_memory`).
+huge-page malloc, as clip_jax.main does (`clip_jax.runtime.host_memory`).
 """
 from __future__ import annotations
 
-from clip_jax import host_memory
+from clip_jax.runtime import host_memory
 
 if __name__ == "__main__":  # first: what is imported below would be imported again after the restart
     host_memory.reexec_with_huge_pages()
@@ -41,12 +41,12 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from clip_jax import multihost, paths, sharding
 from clip_jax.config import ConfigError, default_config, validate
-from clip_jax.cli import initialize_distributed, setup_logging
 from clip_jax.evaluation.report import clip_benchmark_record, format_table
-from clip_jax.inference import default_dtype, load_weights
+from clip_jax.inference.pretrained import default_dtype, load_weights
 from clip_jax.models import CLIP
+from clip_jax.runtime import multihost, paths, sharding
+from clip_jax.runtime.cli import initialize_distributed, setup_logging
 
 _MODEL = flags.DEFINE_string("model", None, "Run workdir, weights directory, or PyTorch checkpoint file.")
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "clip_jax model name of a PyTorch checkpoint file.")

@@ -18,10 +18,10 @@ import json
 import numpy as np
 from etils import epath
 
-from clip_jax import paths
-from clip_jax.convert import open_clip_name, to_torch_state_dict
 from clip_jax.models import create_model
-from clip_jax.weights import load_variables
+from clip_jax.runtime import paths
+from clip_jax.weights.open_clip import open_clip_name, to_torch_state_dict
+from clip_jax.weights.storage import load_variables
 
 FORMATS = (".safetensors", ".pt", ".npz")
 # How PyTorch reads each format back, for the printed instructions.

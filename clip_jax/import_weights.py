@@ -6,7 +6,7 @@ r"""Imports PyTorch CLIP weights (OpenAI or open_clip) into an Orbax checkpoint.
 Reads OpenAI's JIT archives, plain state dicts and open_clip training
 checkpoints ({'state_dict': ...}, 'module.' prefixes) from .pt / .bin (torch
 is imported only for these), .safetensors (needs the safetensors package)
-or .npz files. The output loads with `clip_jax.weights.load_model(DIR)` or
+or .npz files. The output loads with `clip_jax.weights.storage.load_model(DIR)` or
 `--config.init_from=DIR` in training; `python -m clip_jax.export_weights DIR
 out.safetensors` writes such a directory (or a run's workdir) back out as an
 open_clip state dict.
@@ -20,10 +20,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from etils import epath
 
-from clip_jax import paths
-from clip_jax.convert import from_torch_state_dict, is_openai_state_dict
 from clip_jax.models import create_model
-from clip_jax.weights import save_variables
+from clip_jax.runtime import paths
+from clip_jax.weights.open_clip import from_torch_state_dict, is_openai_state_dict
+from clip_jax.weights.storage import save_variables
 
 
 def _strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:

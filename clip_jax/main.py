@@ -13,11 +13,11 @@ service within --heartbeat_timeout_seconds, so a failing job never hangs.
 The config is validated, and the training data opened, before anything is
 compiled; a bad field or a missing source ends the run with one line naming it.
 On Linux the program first restarts itself once with glibc's huge-page malloc
-(`clip_jax.host_memory`; CLIP_JAX_HUGE_PAGES=0 turns it off).
+(`clip_jax.runtime.host_memory`; CLIP_JAX_HUGE_PAGES=0 turns it off).
 """
 from __future__ import annotations
 
-from clip_jax import host_memory
+from clip_jax.runtime import host_memory
 
 if __name__ == "__main__":  # first: what is imported below would be imported again after the restart
     host_memory.reexec_with_huge_pages()
@@ -30,9 +30,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from clip_jax import multihost
-from clip_jax.cli import initialize_distributed, setup_logging
 from clip_jax.config import ConfigError, validate
+from clip_jax.runtime import multihost
+from clip_jax.runtime.cli import initialize_distributed, setup_logging
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(str(e)) from None
     setup_logging()
     initialize_distributed()
-    from clip_jax.train import train_and_evaluate  # after jax.distributed: it queries devices
+    from clip_jax.training.loop import train_and_evaluate  # after jax.distributed: it queries devices
 
     workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
     logging.info("process %d of %d, %d devices; workdir %s; config:\n%s", jax.process_index(), jax.process_count(),

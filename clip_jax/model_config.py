@@ -1,7 +1,7 @@
 """The model a training config describes, and the metadata that rebuilds it.
 
     model, overrides = model_from_config(config)
-    create_model(config.model, **overrides)   # the same CLIP again (clip_jax.weights.load_model does this)
+    create_model(config.model, **overrides)   # the same CLIP again (clip_jax.weights.storage.load_model does this)
     metadata = model_metadata(config, overrides)   # {"kind", "model", "overrides"}: weights.model_from_metadata
 
 The overrides are plain JSON-able values, saved in every checkpoint's metadata.
@@ -97,7 +97,7 @@ def model_kind(config: ml_collections.ConfigDict) -> str:
 
 
 def model_metadata(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> dict[str, Any]:
-    """{"kind", "model", "overrides"}: what `clip_jax.weights.model_from_metadata` rebuilds the module from."""
+    """{"kind", "model", "overrides"}: what `clip_jax.weights.storage.model_from_metadata` rebuilds the module from."""
     name = config.lm.name if model_kind(config) == "causal_lm" else config.model
     return {"kind": model_kind(config), "model": name, "overrides": overrides}
 

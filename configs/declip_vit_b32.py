@@ -4,7 +4,7 @@ Pre-training Paradigm") with a ViT-B/32: CLIP's loss plus self-, multi-view and 
     python -m clip_jax.main --config=configs/declip_vit_b32.py --workdir=gs://bucket/declip_b32 \
         --config.data.train='wds:/data/yfcc15m/{00000..01535}.tar'
 
-Each step (clip_jax.objectives.declip) sees two random crops of every image (the second flipped at
+Each step (clip_jax.training.objectives.declip) sees two random crops of every image (the second flipped at
 random) and the caption with an EDA-augmented copy (synonym replacement, random swap or random
 deletion, from the synonym list shipped in clip_jax/data/synonyms.txt), all made in tf.data and seeded
 like the rest of the input. The loss, with DeCLIP's weights:
@@ -32,7 +32,7 @@ from clip_jax.config import default_config, imagenet_zeroshot_eval
 def get_config() -> ml_collections.ConfigDict:
     config = default_config()
     config.model = "ViT-B-32"
-    config.scan_layers = True  # one compiled block per tower (README: Speed against open_clip)
+    config.scan_layers = True  # one compiled block per tower (docs/benchmarks.md: Speed against open_clip)
     config.loss = "declip"
     config.data.train = "wds:/data/yfcc15m/{00000..01535}.tar"
     config.data.min_crop_scale = 0.2  # MoCo v2's crop range for both views

@@ -30,7 +30,7 @@ SAMPLES_SEEN = 10_000 * 1_281_167  # FLIP counts 10,000 "ImageNet epochs" ~= 32 
 def get_config() -> ml_collections.ConfigDict:
     config = default_config()
     config.model = "ViT-B-16"
-    config.scan_layers = True  # one compiled block per tower (README: Speed against open_clip)
+    config.scan_layers = True  # one compiled block per tower (docs/benchmarks.md: Speed against open_clip)
     config.data.train = "wds:/data/laion400m/{00000..41407}.tar"
     config.data.min_crop_scale = 0.5
     config.batch_size = BATCH_SIZE

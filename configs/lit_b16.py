@@ -37,7 +37,7 @@ from clip_jax.config import default_config, imagenet_zeroshot_eval
 def get_config() -> ml_collections.ConfigDict:
     config = default_config()
     config.model = "ViT-B-16-quickgelu"
-    config.scan_layers = True  # one compiled block per tower (README: Speed against open_clip)
+    config.scan_layers = True  # one compiled block per tower (docs/benchmarks.md: Speed against open_clip)
     config.data.train = "wds:/data/laion400m/{00000..41407}.tar"
     config.lit.lock_image = True
     config.lit.init_image_from = "weights/vit_b16_openai"

@@ -22,7 +22,7 @@ from clip_jax.config import default_config, imagenet_zeroshot_eval
 def get_config() -> ml_collections.ConfigDict:
     config = default_config()
     config.model = "ViT-B-16"
-    config.scan_layers = True  # one compiled block per tower (README: Speed against open_clip)
+    config.scan_layers = True  # one compiled block per tower (docs/benchmarks.md: Speed against open_clip)
     config.loss = "siglip"  # init: scale 10, bias -10 (config.init_logit_scale / init_logit_bias override)
     config.loss_impl = "blockwise"
     config.data.train = "wds:/data/laion400m/{00000..41407}.tar"

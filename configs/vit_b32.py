@@ -16,7 +16,7 @@ from clip_jax.config import default_config, imagenet_zeroshot_eval
 def get_config() -> ml_collections.ConfigDict:
     config = default_config()
     config.model = "ViT-B-32"
-    config.scan_layers = True  # one compiled block per tower (README: Speed against open_clip)
+    config.scan_layers = True  # one compiled block per tower (docs/benchmarks.md: Speed against open_clip)
     config.data.train = "wds:/data/laion400m/{00000..41407}.tar"
     config.total_steps = 390_000
     config.evals.imagenet = imagenet_zeroshot_eval(every_steps=10_000)  # skipped until imagenet2012 is prepared

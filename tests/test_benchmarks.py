@@ -165,8 +165,9 @@ def in_loop_setup():
     import jax.numpy as jnp
     import ml_collections
 
-    from clip_jax import create_model, sharding
+    from clip_jax import create_model
     from clip_jax.evaluation import in_loop
+    from clip_jax.runtime import sharding
 
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     model = create_model(

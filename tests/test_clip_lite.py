@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from clip_jax import sharding
 from clip_jax.models import create_model
 from clip_jax.models.critic import Critic
+from clip_jax.runtime import sharding
 
 TINY = dict(embed_dim=32, vision=dict(width=64, layers=1, head_width=32), text=dict(width=64, heads=2, layers=1))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax.convert import ConversionError, from_torch_state_dict
+from clip_jax.weights.open_clip import ConversionError, from_torch_state_dict
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "vit_small.npz")
 

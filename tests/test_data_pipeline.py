@@ -26,8 +26,9 @@ from test_data_util import (
     write_wds,
 )
 
-from clip_jax import data, images
+from clip_jax import data
 from clip_jax.data import pipeline as pipeline_module
+from clip_jax.inference import images
 
 MEAN, STD = np.array(data.OPENAI_MEAN), np.array(data.OPENAI_STD)
 

@@ -23,8 +23,8 @@ import pytest
 
 import clip_jax
 from clip_jax import export_weights
-from clip_jax.convert import ConversionError, from_torch_state_dict, open_clip_name, to_torch_state_dict
-from clip_jax.weights import save_variables
+from clip_jax.weights.open_clip import ConversionError, from_torch_state_dict, open_clip_name, to_torch_state_dict
+from clip_jax.weights.storage import save_variables
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SMALL = ["vit_small", "vit_small_laion", "rn_small_quickgelu", "siglip_small"]

@@ -8,10 +8,12 @@ import pytest
 
 import clip_jax
 from clip_jax import config as config_lib
-from clip_jax import flip, sharding, train_step
-from clip_jax.convert import stack_layers
 from clip_jax.models.layers import Transformer
 from clip_jax.models.vit import VisionTransformer, gather_patch_tokens, num_kept_patches, random_patch_subset
+from clip_jax.runtime import sharding
+from clip_jax.training import train_step
+from clip_jax.training.objectives import flip
+from clip_jax.weights.open_clip import stack_layers
 
 BATCH = 8
 SMALL = dict(embed_dim=32, vision=dict(width=64, layers=1, head_width=32), text=dict(width=64, heads=2, layers=1))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clip_jax import host_memory
+from clip_jax.runtime import host_memory
 
 GLIBC = ("glibc", "2.36")
 

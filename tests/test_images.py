@@ -1,4 +1,4 @@
-"""clip_jax.images preprocesses as open_clip's `preprocess` does, and the input pipeline agrees with it.
+"""clip_jax.inference.images preprocesses as open_clip's `preprocess` does, and the input pipeline agrees with it.
 
 The reference is open_clip's own output on real photographs at odd sizes, both
 orientations and several PIL modes (tests/preprocess_cases.py), stored by
@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from clip_jax import data
-from clip_jax.images import OPENAI_MEAN, OPENAI_STD, ImagePreprocess, resized_shape
+from clip_jax.inference.images import OPENAI_MEAN, OPENAI_STD, ImagePreprocess, resized_shape
 from preprocess_cases import FLOAT32_CASE, preprocess_cases
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "preprocess_open_clip.npz")

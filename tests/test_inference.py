@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax import weights
 from clip_jax.evaluation import get_templates
+from clip_jax.weights import storage as weights
 from preprocess_cases import photo
 from test_parity import TOLERANCE, load_fixture
 
@@ -23,7 +23,7 @@ def pretrained(fixture, tmp_path_factory):
     """The fixture's weights saved as a weights directory, loaded back with batches of at most 4."""
     state_dict, _, spec = fixture
     model = clip_jax.create_model(spec["name"], **spec["overrides"])
-    variables = clip_jax.convert.from_torch_state_dict(state_dict, model)
+    variables = clip_jax.weights.open_clip.from_torch_state_dict(state_dict, model)
     directory = tmp_path_factory.mktemp("weights") / "vit_small"
     weights.save_variables(directory, variables, {"model": spec["name"], "overrides": spec["overrides"]})
     return clip_jax.load(str(directory), batch_size=4)

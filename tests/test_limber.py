@@ -12,9 +12,9 @@ from test_train_step import (
 )
 
 import clip_jax
-from clip_jax import optim
 from clip_jax.config import default_config, validate
 from clip_jax.models import limber
+from clip_jax.training import optim
 
 # A one-layer GPT-J-layout LM (rotary positions) of width 32 with a tied head: most of its 1.6M
 # parameters are the CLIP BPE vocabulary's embeddings.
@@ -150,7 +150,7 @@ def test_papers_setup_shards_gpt_j_6b_over_fsdp():
     """The paper's largest setup, RN50x16 grid features into GPT-J-6B, placed on a mesh of fsdp=8: every
     frozen LM matrix of 1M entries or more is split 8 ways, so each device holds about 1/8 of the LM's 6.05B
     parameters (shapes only: nothing is allocated)."""
-    from clip_jax import sharding
+    from clip_jax.runtime import sharding
 
     model = limber.create_limber("RN50x16", "gpt-j-6b", prefix="grid")
     images, tokens = jnp.zeros((1, 384, 384, 3)), jnp.zeros((1, 16), jnp.int32)

@@ -10,9 +10,10 @@ from flax import linen as nn
 from test_train_step import BATCH, make_batch, small_config
 
 import clip_jax
-from clip_jax import checkpointing, optim, sharding, train, train_state, train_step
 from clip_jax.config import default_config, validate
-from clip_jax.weights import save_variables
+from clip_jax.runtime import sharding
+from clip_jax.training import checkpointing, loop as train, optim, train_state, train_step
+from clip_jax.weights.storage import save_variables
 
 CONTEXT = 16
 # One-layer towers (RN-Tiny's image tower is already one block per stage): the step compiles in seconds.

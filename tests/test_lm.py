@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_jax import lm, sharding
-from clip_jax.convert import ConversionError
+from clip_jax import lm
 from clip_jax.lm.registry import param_shapes
+from clip_jax.runtime import sharding
+from clip_jax.weights.open_clip import ConversionError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 FIXTURE_NAMES = {"gpt2-tiny": "hf_gpt2_tiny", "gpt-j-tiny": "hf_gptj_tiny"}
@@ -243,7 +244,7 @@ def test_fsdp_sharded_forward_equals_unsharded():
 
 def test_import_weights_cli(tmp_path):
     from clip_jax.lm import import_weights
-    from clip_jax.weights import load_variables
+    from clip_jax.weights.storage import load_variables
 
     state_dict, ref, _ = load_fixture("gpt-j-tiny")
     checkpoint = str(tmp_path / "gptj.npz")

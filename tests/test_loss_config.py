@@ -10,10 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clip_jax import train_step
 from clip_jax.config import default_config, validate, validate_batch_layout
 from clip_jax.model_config import model_from_config
 from clip_jax.models import create_model
+from clip_jax.training import train_step
 
 TINY = dict(
     embed_dim=32,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax.convert import stack_layers, unstack_layers
+from clip_jax.weights.open_clip import stack_layers, unstack_layers
 
 # Parameter counts of open_clip's models (sum of numel over model.parameters()).
 OPEN_CLIP_PARAMETER_COUNTS = {

@@ -30,7 +30,7 @@ def load_fixture(path):
 def check_parity(path):
     state_dict, ref, spec = load_fixture(path)
     model = clip_jax.create_model(spec["name"], **spec["overrides"])
-    variables = clip_jax.convert.from_torch_state_dict(state_dict, model)
+    variables = clip_jax.weights.open_clip.from_torch_state_dict(state_dict, model)
     image_embeds = model.apply(variables, ref["images"], method=model.encode_image)
     text_embeds = model.apply(variables, ref["tokens"], method=model.encode_text)
     image_error = np.abs(np.asarray(image_embeds) - ref["image_embeds"]).max()

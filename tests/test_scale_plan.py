@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from clip_jax import sharding
+from clip_jax.runtime import sharding
 
 SPEC = importlib.util.spec_from_file_location("scale", pathlib.Path(__file__).parents[1] / "benchmarks" / "scale.py")
 scale = importlib.util.module_from_spec(SPEC)

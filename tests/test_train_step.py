@@ -11,8 +11,9 @@ from jax.sharding import PartitionSpec as P
 
 import clip_jax
 from clip_jax import config as config_lib
-from clip_jax import flops, optim, sharding, train_state, train_step
 from clip_jax.model_config import model_from_config
+from clip_jax.runtime import sharding
+from clip_jax.training import flops, optim, train_state, train_step
 
 BATCH = 16
 
@@ -80,7 +81,7 @@ def run_steps(config, mesh_sizes, devices, num_steps=2):
 # (over devices, micro-batches, blocks of the loss), so float32 results differ
 # in the last bits, by amounts that depend on the CPU's vector width and thread
 # count. Measured on AMD EPYC with 1 and 2 threads, 4 and 8 devices, batches
-# of 16 and 32 and seeds 0-3 (README, "Tolerances"): gradients and Adam
+# of 16 and 32 and seeds 0-3 (docs/testing.md, "Tolerances"): gradients and Adam
 # moments within 2.2e-6 of the largest gradient entry, metrics within 7.2e-7
 # relative. The bounds below are 45x and 28x those.
 MOMENT_TOL = 1e-4  # of the tree's largest entry: each entry sums ~10^3 products (batch x positions)

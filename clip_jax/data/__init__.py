@@ -16,7 +16,7 @@ from clip_jax.data.records import ERROR_KINDS, NoValidDataError
 from clip_jax.data.sources import num_records
 from clip_jax.data.spec import parse_source
 from clip_jax.data.tfds_source import DatasetNotFoundError
-from clip_jax.sharding import batch_sharding
+from clip_jax.runtime.sharding import batch_sharding
 
 __all__ = [
     "ERROR_KINDS",

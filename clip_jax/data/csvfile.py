@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from clip_jax import paths
 from clip_jax.data.records import Fields, Item, Skipped, make_item
 from clip_jax.data.spec import SourceSpec, open_binary
+from clip_jax.runtime import paths
 
 DEFAULT_FIELDS = {"image_key": "filepath;image;path", "caption_key": "caption;title;text", "label_key": "label"}
 

@@ -45,8 +45,8 @@ import numpy as np
 import tensorflow as tf
 
 from clip_jax.data import eda, preprocess
-from clip_jax.data.order import hash64, rng
 from clip_jax.data.iterator import DataIterator
+from clip_jax.data.order import hash64, rng
 from clip_jax.data.producer import CAPTION_SEPARATOR, StateLayout, StreamState, initial_state, produce
 from clip_jax.data.records import ERROR_KINDS
 from clip_jax.data.sources import ReadOptions, make_source
@@ -101,7 +101,7 @@ class Pipeline:
       chain_captions: (training, with text) each row holds all of an example's captions, from the
         sampled one on, as `chained_tokens` joins them (a caption LM's training for LiMBeR).
       normalize: images as float32 model inputs normalized by mean and std; False: as uint8
-        pixels, a quarter of the bytes, for a step that normalizes on the device (`clip_jax.images.normalize`).
+        pixels, a quarter of the bytes, for a step that normalizes on the device (`clip_jax.inference.images.normalize`).
     """
 
     def __init__(

@@ -7,7 +7,7 @@ short side, at a reduced DCT scale (1/2, 1/4 or 1/8: libjpeg's own
 downsampling, nearly free), then a resize to size x size (below). Eval: bicubic resize
 of the short side to `size` (antialiased, JPEG decoded with the accurate
 DCT, as PIL and open_clip do), then a center crop: within one uint8 step of
-PIL (clip_jax.images) everywhere, because it resamples as PIL does, width
+PIL (clip_jax.inference.images) everywhere, because it resamples as PIL does, width
 first, rounding and clipping to uint8 before the height pass (without that
 step, overshoot at sharp edges differs from PIL by up to 4 steps).
 
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from clip_jax.images import OPENAI_MEAN, OPENAI_STD
+from clip_jax.inference.images import OPENAI_MEAN, OPENAI_STD
 _ANTIALIAS_ABOVE = 1.25
 # The scales libjpeg decodes at (1/r of each side), in increasing r.
 _DCT_RATIOS = (1, 2, 4, 8)

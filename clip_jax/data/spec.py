@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import tensorflow as tf
 
-from clip_jax import paths
+from clip_jax.runtime import paths
 
 KINDS = ("tfds", "wds", "tfrecord", "csv", "shapes")
 _COMMON_OPTIONS = {"image_key", "caption_key", "label_key"}

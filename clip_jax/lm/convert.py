@@ -3,7 +3,7 @@
 `from_hf_state_dict(state_dict, model)` walks the parameters the model
 expects, finds each one's tensor by its transformers name, converts its
 layout and checks its shape, and reports every missing, unexpected and
-mis-shaped key by name (like `clip_jax.convert.from_torch_state_dict`).
+mis-shaped key by name (like `clip_jax.weights.open_clip.from_torch_state_dict`).
 
 GPT-2 (`GPT2LMHeadModel`): `h.N.attn.c_attn` is a Conv1D, weight (in, out)
 with q, k, v stacked on the output axis; `c_proj`, `mlp.c_fc`, `mlp.c_proj`
@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.convert import ConversionError, raise_misfits
 from clip_jax.lm.model import CausalLM
+from clip_jax.weights.open_clip import ConversionError, raise_misfits
 
 _PREFIX = "transformer."
 _IGNORED_KEYS = re.compile(r"(^|\.)attn\.(bias|masked_bias)$|(^|\.)embed_positions$")

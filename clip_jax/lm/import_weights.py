@@ -3,7 +3,7 @@ r"""Imports Hugging Face GPT-2 / GPT-J PyTorch weights into a clip_jax weights d
     python -m clip_jax.lm.import_weights --checkpoint pytorch_model.bin --model gpt2 --output /path/gpt2
 
 Reads .bin / .pt / .safetensors / .npz like `clip_jax.import_weights`. Load
-the result with `clip_jax.weights.load_variables(DIR)` and
+the result with `clip_jax.weights.storage.load_variables(DIR)` and
 `clip_jax.lm.create_lm(metadata["model"], **metadata["overrides"])`.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from clip_jax import paths
 from clip_jax.import_weights import read_state_dict
 from clip_jax.lm.convert import from_hf_state_dict
 from clip_jax.lm.registry import create_lm
-from clip_jax.weights import save_variables
+from clip_jax.runtime import paths
+from clip_jax.weights.storage import save_variables
 
 
 def main(argv: list[str] | None = None) -> None:

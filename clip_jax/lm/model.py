@@ -9,7 +9,7 @@ an untied lm_head with bias. Both: gelu_new (tanh approximation) MLPs and a
 final ln_f.
 
 Parameters are float32 with logical axis names ('vocab', 'embed', 'heads',
-'kv', 'mlp') for `clip_jax.sharding.logical_shardings`; computation runs in
+'kv', 'mlp') for `clip_jax.runtime.sharding.logical_shardings`; computation runs in
 `dtype` with LayerNorm, attention logits and softmax in float32. Logits are
 float32. The methods follow `clip_jax.lm.interface.CausalLanguageModel`.
 """

@@ -25,7 +25,7 @@ class CLIP(nn.Module):
     embeddings are the heads' outputs. `__call__` returns dict(image_embeds [B, E] and text_embeds [B, E],
     L2-normalized; logit_scale = exp(parameter); logit_bias where the model has
     one). `encode_image` / `encode_text` return unnormalized embeddings.
-    `heads` holds an objective's training-only heads (`clip_jax.objectives`),
+    `heads` holds an objective's training-only heads (`clip_jax.training.objectives`),
     which that objective calls and initialises itself.
     """
 

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clip_jax.sharding import constrain
+from clip_jax.runtime.sharding import constrain
 
 Dtype = Any
 STREAM = ("batch", "length", "act_embed")  # the residual stream [B, L, D]: whole along D

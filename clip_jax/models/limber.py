@@ -22,9 +22,9 @@ BPE's start-of-text) is the prompt, and the image positions are never
 scored. The image features are behind stop_gradient and the tower runs in
 inference mode (its BatchNorm statistics are constants). The LM's
 activations must carry the gradient back to the prefix, so the objective
-(`clip_jax.objectives.limber`) stops the LM's *parameters* instead; the
+(`clip_jax.training.objectives.limber`) stops the LM's *parameters* instead; the
 top-level names 'visual' and 'text' are those LiT's locking uses
-(`clip_jax.optim.tower_labels`), so neither frozen part gets optimizer state.
+(`clip_jax.training.optim.tower_labels`), so neither frozen part gets optimizer state.
 
 `CaptionLM` is the LM alone (loss "causal_lm"), its parameters under 'text'
 too, so a caption LM's run is what a LiMBeR run loads its LM from.

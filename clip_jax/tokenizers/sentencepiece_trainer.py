@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import sentencepiece as spm
 from etils import epath
 
-from clip_jax import paths
+from clip_jax.runtime import paths
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 

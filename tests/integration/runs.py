@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from clip_jax.weights import load_variables
+from clip_jax.weights.storage import load_variables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 600  # any one run; a run still going after this is a hang

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax import host_memory
-from clip_jax.convert import from_torch_state_dict
 from clip_jax.import_weights import read_state_dict
+from clip_jax.runtime import host_memory
 from clip_jax.tokenizers import SentencePieceTokenizer, train_sentencepiece
-from clip_jax.weights import load_model
+from clip_jax.weights.open_clip import from_torch_state_dict
+from clip_jax.weights.storage import load_model
 from runs import REPO
 from test_convert import FIXTURE
 from test_export import assert_bit_equal, save_weights
@@ -86,7 +86,7 @@ def test_sentencepiece_trainer_writes_what_the_function_writes(tmp_path):
 PROGRAM = textwrap.dedent("""
     import ctypes, os, resource, sys
     print("started", flush=True)
-    from clip_jax import host_memory
+    from clip_jax.runtime import host_memory
     host_memory.reexec_with_huge_pages()
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
@@ -149,5 +149,5 @@ def test_programs_restart_before_importing_jax(program):
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", program, "--helpshort"], capture_output=True,
                             text=True, env=environment_without_settings(), timeout=300)
     imports = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
-    assert imports.count("clip_jax.host_memory") == 2  # before the restart and after it
+    assert imports.count("clip_jax.runtime.host_memory") == 2  # before the restart and after it
     assert imports.count("jax") == 1, result.stderr[-2000:]

@@ -19,7 +19,8 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, pro
 import numpy as np
 sys.path.insert(0, sys.argv[4])
 from test_data_util import CONTEXT, CharTokenizer, detokenize
-from clip_jax import data, images
+from clip_jax import data
+from clip_jax.inference import images
 pipe = data.Pipeline(sys.argv[3], training=False, batch_size=4, image_size=16, tokenizer=CharTokenizer(),
                      context_length=CONTEXT, cycle_length=2)  # process index and count from jax
 local = next(pipe.iterator())

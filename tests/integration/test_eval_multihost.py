@@ -52,9 +52,9 @@ def worker(process_id: int, num_processes: int, port: int, out: str) -> None:
         jax.distributed.initialize(
             f"127.0.0.1:{port}", num_processes, process_id, initialization_timeout=120, heartbeat_timeout_seconds=30
         )
-    from clip_jax import sharding
     from clip_jax.data import shapes
     from clip_jax.evaluation import in_loop
+    from clip_jax.runtime import sharding
 
     read = collections.defaultdict(list)
     example = shapes.example

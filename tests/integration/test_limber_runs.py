@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax import weights
 from clip_jax.models import limber
 from clip_jax.tokenizers import ClipTokenizer
+from clip_jax.weights import storage as weights
 from runs import REPO, final_params, run_main
 from test_limber import CAPTIONING, COLOURS, LM
 from test_recipes import train_item
@@ -121,7 +121,7 @@ def test_captioning_eval_and_captioner_agree_with_the_final_model(limber_run):
 
 
 def test_metadata_rebuilds_the_models(lm_run, limber_run):
-    """clip_jax.weights rebuilds a LiMBeR run's Limber and a caption run's CaptionLM; metadata without a kind
+    """clip_jax.weights.storage rebuilds a LiMBeR run's Limber and a caption run's CaptionLM; metadata without a kind
     (every checkpoint written before kinds existed) is a CLIP."""
     model, variables = weights.load_model(limber_run)
     assert isinstance(model, limber.Limber) and model.prefix_length == 16

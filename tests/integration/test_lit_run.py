@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clip_jax.model_config import model_from_config
-from clip_jax.weights import save_variables
+from clip_jax.weights.storage import save_variables
 from runs import final_params, run_main
 
 

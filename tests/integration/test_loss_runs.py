@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from clip_jax.weights import load_model
+from clip_jax.weights.storage import load_model
 from runs import REPO, records, run_main
 from test_loss_config import TINY
 

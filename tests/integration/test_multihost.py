@@ -14,7 +14,7 @@ The runs tokenize with a 60-piece SentencePiece vocabulary (conftest.sentencepie
 49,408: the step's one large transfer, the token embedding's all-gather and gradient all-reduce (12.6 MB
 at CLIP's vocabulary), stalls on loopback TCP, where gloo's sockets carry one 64 KB segment at a time
 and the receiver acknowledges it after its 40 ms delayed-ACK timer (measured: 20 s a step at CLIP's
-vocabulary, 0.7-0.8 s at 60 pieces; docs/testing.md).
+vocabulary, 0.5-0.8 s at 60 pieces; docs/testing.md).
 """
 import os
 import shutil
@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from clip_jax.checkpointing import Checkpointer
+from clip_jax.training.checkpointing import Checkpointer
 from runs import (
     TIMEOUT_S, checkpoint_steps, final_params, losses, main_command, records, start_cluster, wait_cluster,
     wait_for_checkpoint,
@@ -132,7 +132,7 @@ def adam_drift_bound(multihost_config, first_step, last_step):
 
     from test_train_step import adam_update_bound
 
-    from clip_jax import optim
+    from clip_jax.training import optim
 
     config = runpy.run_path(multihost_config[0])["get_config"]()
     config.total_steps = STEPS

@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from clip_jax.weights import load_variables
+from clip_jax.weights.storage import load_variables
 from runs import REPO, TIMEOUT_S, main_command, run_main
 
 RECIPES = {

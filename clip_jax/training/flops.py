@@ -6,10 +6,10 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from clip_jax import optim
-from clip_jax.objectives import make_objective
-from clip_jax.train_state import init_state_fn, parameter_shardings
-from clip_jax.train_step import Batch, make_train_step
+from clip_jax.training import optim
+from clip_jax.training.objectives import make_objective
+from clip_jax.training.train_state import init_state_fn, parameter_shardings
+from clip_jax.training.train_step import Batch, make_train_step
 
 
 def _unrolled(tower: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """Train checkpoints: Orbax CheckpointManager over WORKDIR/checkpoints.
 
 Each step holds four items: `variables` ({'params', 'batch_stats'}, the same
-layout `clip_jax.weights` and `import_weights` use, so a run's checkpoints load
+layout `clip_jax.weights.storage` and `import_weights` use, so a run's checkpoints load
 as weights anywhere), `train` ({'step', 'opt_state'} and, for objectives with
 state of their own, 'extra'), `data` (the input
 position of every data stream, gathered from all processes, JSON: any process
@@ -16,7 +16,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from clip_jax import paths
+from clip_jax.runtime import paths
 
 State = dict[str, Any]
 

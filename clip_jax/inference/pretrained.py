@@ -25,16 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax import paths, weights
-from clip_jax.convert import from_torch_state_dict, is_openai_state_dict
 from clip_jax.evaluation.batching import BatchedEncoder
 from clip_jax.evaluation.templates import get_templates
 from clip_jax.evaluation.zeroshot import zeroshot_classifier
-from clip_jax.images import ImageLike, ImagePreprocess
+from clip_jax.inference.images import ImageLike, ImagePreprocess
 from clip_jax.models import CLIP, create_model, l2_normalize
+from clip_jax.runtime import paths
 from clip_jax.tokenizers import get_tokenizer
+from clip_jax.weights import storage as weights
+from clip_jax.weights.open_clip import from_torch_state_dict, is_openai_state_dict
 
-log = logging.getLogger("clip_jax.inference")
+log = logging.getLogger("clip_jax.inference.pretrained")
 
 Images = np.ndarray | Sequence[ImageLike]
 Texts = Sequence[str] | np.ndarray

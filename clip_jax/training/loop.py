@@ -21,13 +21,17 @@ from flax import traverse_util
 import numpy as np
 from clu import parameter_overview, periodic_actions
 
-from clip_jax import checkpointing, data, flip, flops, metric_logging, multihost, paths, sharding, train_state, train_step, weights
+from clip_jax import data
 from clip_jax.config import ConfigError, validate
-from clip_jax.convert import stack_layers, unstack_layers
 from clip_jax.evaluation.in_loop import EvalTask, make_eval_encoders, run_evals
 from clip_jax.model_config import check_context_length, model_from_config, model_metadata
+from clip_jax.runtime import multihost, paths, sharding
+from clip_jax.training import checkpointing, flops, metric_logging, train_state, train_step
+from clip_jax.training.objectives import flip
+from clip_jax.weights import storage as weights
+from clip_jax.weights.open_clip import stack_layers, unstack_layers
 
-log = logging.getLogger("clip_jax.train")
+log = logging.getLogger("clip_jax.training.loop")
 
 # Top-level parameters that only some losses have: the loss's logit scalars, CLIP-Lite's critic heads,
 # DeCLIP's training heads.

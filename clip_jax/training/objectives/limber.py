@@ -2,7 +2,7 @@
 
     loss = sum over the global batch of -log p(tokens[b, i + 1] | prefix(image b), tokens[b, :i + 1]) / count
 
-the same caption tokens `causal_lm` scores (`clip_jax.objectives.causal_lm`):
+the same caption tokens `causal_lm` scores (`clip_jax.training.objectives.causal_lm`):
 the image positions and the padding are never scored. Both towers are
 frozen: their parameters enter the forward pass behind stop_gradient, so
 autodiff computes no weight gradient for them (the LM's activations still
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from clip_jax.objectives.causal_lm import Arrays, CausalLm, next_token_sums
+from clip_jax.training.objectives.causal_lm import Arrays, CausalLm, next_token_sums
 
 FROZEN = ("visual", "text")
 

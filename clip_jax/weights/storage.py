@@ -17,8 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from clip_jax import paths
 from clip_jax.models import CLIP, create_model
+from clip_jax.runtime import paths
 
 
 def save_variables(

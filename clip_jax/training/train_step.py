@@ -2,7 +2,7 @@
 
 State is a dict {'step', 'params', 'batch_stats', 'opt_state', 'extra'}; the
 step is one `jax.jit` with explicit shardings and the state donated. What the
-step computes is the objective's (`clip_jax.objectives`: the contrastive losses,
+step computes is the objective's (`clip_jax.training.objectives`: the contrastive losses,
 DeCLIP): its per-example outputs come out of the model split over the batch
 axes ('data', 'fsdp'), and its loss runs in a `jax.shard_map` over those axes
 through the losses' `axis_name` forms, so every device's samples are negatives
@@ -28,11 +28,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from clip_jax import config as config_lib
-from clip_jax import optim
-from clip_jax.images import model_inputs
-from clip_jax.objectives import Contrastive, make_objective
-from clip_jax.sharding import BATCH_AXES, activation_layout, batch_sharding, replicated
-from clip_jax.train_state import State, compile_init, parameter_shardings, state_shardings
+from clip_jax.inference.images import model_inputs
+from clip_jax.runtime.sharding import BATCH_AXES, activation_layout, batch_sharding, replicated
+from clip_jax.training import optim
+from clip_jax.training.objectives import Contrastive, make_objective
+from clip_jax.training.train_state import State, compile_init, parameter_shardings, state_shardings
 
 Batch = dict[str, jax.Array]
 # What a step hands to the log step's in-batch metrics: {"outputs": the objective's metric_outputs of the
@@ -115,7 +115,7 @@ def loss_and_grads(
 ) -> tuple[jax.Array, dict, Any, dict[str, Any], Probe]:
     """(loss, metrics, grads, {'batch_stats', 'extra'} after the step, probe) of the global batch, over micro-batches.
 
-    The objective (`clip_jax.objectives`) prepares the step's inputs for the whole batch (FLIP's patch
+    The objective (`clip_jax.training.objectives`) prepares the step's inputs for the whole batch (FLIP's patch
     subsets with mask_ratio > 0, DeCLIP's masked tokens), so micro-batches see what the full batch would.
     """
     objective = make_objective(model, config, mask_ratio)

@@ -18,13 +18,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from clip_jax import weights
 from clip_jax.evaluation.batching import pad_rows
 from clip_jax.evaluation.caption_eval import row_text
-from clip_jax.images import ImagePreprocess
-from clip_jax.inference import Images, default_dtype
+from clip_jax.inference.images import ImagePreprocess
+from clip_jax.inference.pretrained import Images, default_dtype
 from clip_jax.models.limber import Limber, caption
 from clip_jax.tokenizers import get_tokenizer
+from clip_jax.weights import storage as weights
 
 DEFAULT_CONTEXT_LENGTH = 32  # captions of runs whose metadata does not record their context length
 

@@ -12,7 +12,7 @@ tokens) for the whole global batch as functions of (seed, step), so
 micro-batches see what the full batch would and a resumed run draws what the
 uninterrupted one did. `forward` maps inputs to per-example outputs [B, ...]
 (embeddings, per-example loss sums), which is all gradient accumulation needs:
-the train step (`clip_jax.train_step`) embeds micro-batches, differentiates
+the train step (`clip_jax.training.train_step`) embeds micro-batches, differentiates
 `loss` w.r.t. the outputs of the whole batch and pushes that back through
 `forward`. `loss` runs inside `jax.shard_map` over the batch axes on each
 device's rows, with `extra` laid out by `extra_specs`.
@@ -31,10 +31,10 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from clip_jax.objectives.causal_lm import CausalLm
-from clip_jax.objectives.contrastive import Contrastive, loss_function
-from clip_jax.objectives.declip import Declip
-from clip_jax.objectives.limber import Limber
+from clip_jax.training.objectives.causal_lm import CausalLm
+from clip_jax.training.objectives.contrastive import Contrastive, loss_function
+from clip_jax.training.objectives.declip import Declip
+from clip_jax.training.objectives.limber import Limber
 
 __all__ = ["CausalLm", "Contrastive", "Declip", "Limber", "loss_function", "make_objective"]
 

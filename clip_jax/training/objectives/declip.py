@@ -32,9 +32,9 @@ from jax.sharding import PartitionSpec
 from clip_jax import losses
 from clip_jax.losses.common import AxisName, psum
 from clip_jax.models.clip import l2_normalize
-from clip_jax.objectives.contrastive import Arrays, Contrastive
-from clip_jax.sharding import BATCH_AXES
+from clip_jax.runtime.sharding import BATCH_AXES
 from clip_jax.tokenizers import get_tokenizer
+from clip_jax.training.objectives.contrastive import Arrays, Contrastive
 
 # Folded into the seed's key before the step: the token masks are a stream of their own.
 MLM_STREAM = 0x4D4C4D  # "MLM"

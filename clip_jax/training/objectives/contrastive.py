@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec
 
-from clip_jax import config as config_lib
-from clip_jax import flip, losses
-from clip_jax.images import model_inputs
+from clip_jax import config as config_lib, losses
+from clip_jax.inference.images import model_inputs
 from clip_jax.losses.common import AxisName
+from clip_jax.training.objectives import flip
 
 Arrays = dict[str, jax.Array]
 TOWER_OUTPUTS = (("image_embeds", "visual"), ("text_embeds", "text"))  # the model's outputs and their towers

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-log = logging.getLogger("clip_jax.multihost")
+log = logging.getLogger("clip_jax.runtime.multihost")
 T = TypeVar("T")
 
 

@@ -8,7 +8,7 @@ and count and `loss` divides their global sums (psum over the batch axes),
 so the loss is that of the whole batch, the same for any device count and
 micro-batching. Metrics: `token_accuracy` (argmax = target, over the same
 tokens) and `tokens` (how many were scored). LiMBeR
-(`clip_jax.objectives.limber`) scores the same tokens after an image prefix.
+(`clip_jax.training.objectives.limber`) scores the same tokens after an image prefix.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec
 
-from clip_jax.images import model_inputs
+from clip_jax.inference.images import model_inputs
 from clip_jax.losses.common import AxisName, psum
 from clip_jax.losses.declip import masked_lm_sums
 

@@ -9,7 +9,7 @@ import jax
 from clu import metric_writers
 from etils import epath
 
-from clip_jax import paths
+from clip_jax.runtime import paths
 
 # Dense bfloat16 peak FLOP/s per device, by a substring of jax's device_kind.
 PEAK_FLOPS = (

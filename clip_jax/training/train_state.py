@@ -1,7 +1,7 @@
 """The train state: {'step', 'params', 'batch_stats', 'opt_state', 'extra'}, its initialisation and layout.
 
 Parameters and their optimizer moments are laid out by the logical-axis rule
-table (`clip_jax.sharding`), the objective's extra state by its extra_specs;
+table (`clip_jax.runtime.sharding`), the objective's extra state by its extra_specs;
 init is compiled once, so the state's shapes and shardings are known (the
 restore target) before anything is allocated.
 """
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from clip_jax.objectives import Contrastive
-from clip_jax.sharding import logical_shardings, replicated
+from clip_jax.runtime.sharding import logical_shardings, replicated
+from clip_jax.training.objectives import Contrastive
 
 State = dict[str, Any]
 
