@@ -16,7 +16,6 @@ import io
 import json
 
 import numpy as np
-from etils import epath
 
 from clip_jax.models import create_model
 from clip_jax.runtime import paths

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.lm.interface import KVCache
-from clip_jax.models.layers import REMAT_POLICIES, Dtype, LayerNorm, normal, param_with_axes
+from clip_jax.models.layers import REMAT_POLICIES, LayerNorm, normal, param_with_axes
 
 POSITIONS = ("learned", "rotary")
 
