@@ -233,7 +233,7 @@ def clip_jax_result(args: argparse.Namespace) -> dict:
         return {"seconds": seconds, "flops": matmul_flops(args.batch_size)}
 
     from clip_jax.config import default_config
-    from clip_jax.model_config import model_from_config
+    from clip_jax.training.objectives import model_from_config
     from clip_jax.runtime import sharding
     from clip_jax.training import flops, train_step
 

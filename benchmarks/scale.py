@@ -147,9 +147,10 @@ def plan(args: argparse.Namespace) -> dict:
 
     import jax
 
-    from clip_jax.config import default_config, validate
-    from clip_jax.model_config import model_from_config
-    from clip_jax.models.registry import model_spec
+    from clip_jax.config import default_config
+    from clip_jax.config.validation import validate
+    from clip_jax.training.objectives import model_from_config
+    from clip_jax.models.architectures import model_spec
     from clip_jax.runtime import sharding
     from clip_jax.training import train_step
 

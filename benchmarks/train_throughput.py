@@ -29,7 +29,7 @@ import numpy as np
 
 from clip_jax import data
 from clip_jax.config import default_config
-from clip_jax.model_config import model_from_config
+from clip_jax.training.objectives import model_from_config
 from clip_jax.runtime import sharding
 from clip_jax.training import flops, train_step
 from clip_jax.training.metric_logging import peak_flops_per_device

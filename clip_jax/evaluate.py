@@ -41,7 +41,8 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from clip_jax.config import ConfigError, default_config, validate
+from clip_jax.config import ConfigError, default_config
+from clip_jax.config.validation import validate
 from clip_jax.evaluation.report import clip_benchmark_record, format_table
 from clip_jax.inference.pretrained import default_dtype, load_weights
 from clip_jax.models import CLIP

@@ -1,7 +1,8 @@
-r"""Imports PyTorch CLIP weights (OpenAI or open_clip) into an Orbax checkpoint.
+r"""Imports PyTorch CLIP weights (OpenAI or open_clip), or a Hugging Face GPT-2 / GPT-J, into an Orbax checkpoint.
 
     python -m clip_jax.import_weights --checkpoint ViT-B-32.pt \
         --model ViT-B-32-quickgelu --output /path/vit_b32_openai
+    python -m clip_jax.import_weights --checkpoint model.safetensors --lm gpt2 --output /path/gpt2
 
 Reads OpenAI's JIT archives, plain state dicts and open_clip training
 checkpoints ({'state_dict': ...}, 'module.' prefixes) from .pt / .bin (torch
@@ -9,7 +10,8 @@ is imported only for these), .safetensors (needs the safetensors package)
 or .npz files. The output loads with `clip_jax.weights.storage.load_model(DIR)` or
 `--config.init_from=DIR` in training; `python -m clip_jax.export_weights DIR
 out.safetensors` writes such a directory (or a run's workdir) back out as an
-open_clip state dict.
+open_clip state dict. A language model (--lm, a clip_jax.lm name) is saved with
+metadata kind "lm": LiMBeR's `config.limber.lm_from` takes the directory.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from etils import epath
 
+from clip_jax.lm import create_lm
 from clip_jax.models import create_model
 from clip_jax.runtime import paths
+from clip_jax.weights.hf_lm import from_hf_state_dict
 from clip_jax.weights.open_clip import from_torch_state_dict, is_openai_state_dict
 from clip_jax.weights.storage import save_variables
 
@@ -74,15 +78,27 @@ def import_weights(checkpoint: str, model_name: str, output: str, overrides: dic
     return output
 
 
+def import_lm_weights(checkpoint: str, lm_name: str, output: str, overrides: dict[str, Any] | None = None) -> str:
+    """Converts a Hugging Face GPT-2 / GPT-J `checkpoint` for clip_jax.lm `lm_name` and writes it to `output`."""
+    overrides = overrides or {}
+    variables = from_hf_state_dict(read_state_dict(checkpoint), create_lm(lm_name, **overrides))
+    metadata = {"model": lm_name, "overrides": overrides, "source": str(paths.resolve(checkpoint)), "kind": "lm"}
+    save_variables(output, variables, metadata)
+    return output
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="PyTorch .pt/.bin, .safetensors or .npz file")
-    parser.add_argument("--model", required=True, help="clip_jax model name, e.g. ViT-B-32-quickgelu")
+    name = parser.add_mutually_exclusive_group(required=True)
+    name.add_argument("--model", help="clip_jax model name of CLIP weights, e.g. ViT-B-32-quickgelu")
+    name.add_argument("--lm", help="clip_jax.lm name of Hugging Face LM weights, e.g. gpt2 or gpt-j-6b")
     parser.add_argument("--output", required=True, help="directory for the Orbax checkpoint")
-    parser.add_argument("--overrides", default="{}", help="JSON of create_model overrides")
+    parser.add_argument("--overrides", default="{}", help="JSON of create_model (or, with --lm, create_lm) overrides")
     args = parser.parse_args(argv)
-    output = import_weights(args.checkpoint, args.model, args.output, json.loads(args.overrides))
-    print(f"wrote {args.model} weights to {output}")
+    convert = import_lm_weights if args.lm else import_weights
+    output = convert(args.checkpoint, args.lm or args.model, args.output, json.loads(args.overrides))
+    print(f"wrote {args.lm or args.model} weights to {output}")
 
 
 if __name__ == "__main__":

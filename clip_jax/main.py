@@ -30,7 +30,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from clip_jax.config import ConfigError, validate
+from clip_jax.config import ConfigError
+from clip_jax.config.validation import validate
 from clip_jax.runtime import multihost
 from clip_jax.runtime.cli import initialize_distributed, setup_logging
 

@@ -192,7 +192,8 @@ def _tasks(**specs):
 
 
 def test_zeroshot_eval_without_class_names_uses_the_shipped_ones(fake_cifar10, in_loop_setup, monkeypatch):
-    from clip_jax.config import default_config, validate
+    from clip_jax.config import default_config
+    from clip_jax.config.validation import validate
     from clip_jax.evaluation import in_loop
 
     config, encoders, variables = in_loop_setup
@@ -284,7 +285,7 @@ def test_full_size_recipes_log_imagenet_zero_shot_when_it_is_there():
     import glob
     import runpy
 
-    from clip_jax.config import validate
+    from clip_jax.config.validation import validate
 
     recipes = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
     with_imagenet, full_size = [], []

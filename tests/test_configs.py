@@ -6,8 +6,9 @@ import runpy
 import jax
 import pytest
 
-from clip_jax.config import default_config, validate
-from clip_jax.model_config import model_from_config
+from clip_jax.config import default_config
+from clip_jax.config.validation import validate
+from clip_jax.training.objectives import model_from_config
 from clip_jax.training.objectives import make_objective
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax import config as config_lib
+from clip_jax.config import default_config
+from clip_jax.config.validation import validate
 from clip_jax.models.layers import Transformer
 from clip_jax.models.vit import VisionTransformer, gather_patch_tokens, num_kept_patches, random_patch_subset
 from clip_jax.runtime import sharding
 from clip_jax.training import train_step
-from clip_jax.training.objectives import flip
+from clip_jax.training.objectives import flip, make_objective
 from clip_jax.weights.open_clip import stack_layers
 
 BATCH = 8
@@ -78,11 +79,16 @@ def test_a_ratio_keeping_no_patch_is_refused():
 
 
 def test_unmasked_tuning_is_the_last_steps():
-    config = config_lib.default_config()
+    config = default_config()
     config.total_steps, config.flip.mask_ratio, config.flip.unmasked_steps = 20, 0.5, 5
     assert [flip.mask_ratio_at(config, s) for s in range(20)] == [0.5] * 15 + [0.0] * 5
+    # One compiled step per ratio the run still meets, in order, so the loop never compiles.
+    assert [flip.mask_ratios_from(config, start) for start in (0, 14, 15, 20)] == [(0.5, 0.0), (0.5, 0.0), (0.0,), (0.0,)]
     config.flip.unmasked_steps = 0
     assert {flip.mask_ratio_at(config, s) for s in range(20)} == {0.5}
+    assert flip.mask_ratios_from(config, 0) == (0.5,)
+    config.flip.mask_ratio = 0.0
+    assert flip.mask_ratios_from(config, 0) == (0.0,)
 
 
 def test_unmasked_model_is_the_plain_program():
@@ -120,7 +126,7 @@ def test_masked_tower_runs_the_blocks_on_the_kept_tokens(remat_policy, scan, poo
 
 
 def step_config(**changes):
-    c = config_lib.default_config()
+    c = default_config()
     c.model, c.dtype, c.batch_size, c.total_steps, c.loss_block_size = "ViT-Tiny-8", "float32", BATCH, 10, 2
     c.update(changes)
     return c
@@ -140,12 +146,12 @@ def test_masked_gradient_equals_plain_model_on_the_gathered_tokens():
     config = step_config()
 
     def masked(config, state, batch):
-        return train_step.loss_and_grads(model, config, mesh, state, batch, mask_ratio=0.5)[0:3:2]
+        return train_step.loss_and_grads(make_objective(model, config, 0.5), mesh, state, batch)[0:3:2]
 
     def reference(state, batch):
         keep = flip.kept_patches(model, config.seed, state["step"], BATCH, 0.5)
         with nn.intercept_methods(gather_before_blocks(keep)):
-            return train_step.loss_and_grads(model, config, mesh, state, batch)[0:3:2]
+            return train_step.loss_and_grads(make_objective(model, config), mesh, state, batch)[0:3:2]
 
     want_loss, want = jax.jit(reference)(state, batch)
     tolerance = 1e-5 * max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want))
@@ -156,14 +162,14 @@ def test_masked_gradient_equals_plain_model_on_the_gathered_tokens():
 
 
 def test_validation_names_the_flip_fields():
-    config = config_lib.default_config()
+    config = default_config()
     for ratio in (1.0, -0.1):
         config.flip.mask_ratio = ratio
         with pytest.raises(ValueError, match=r"config\.flip\.mask_ratio: must be in \[0, 1\)"):
-            config_lib.validate(config)
+            validate(config)
     config.model, config.flip.mask_ratio = "RN50", 0.5
     with pytest.raises(ValueError, match=r"config\.flip\.mask_ratio: .*ResNet"):
-        config_lib.validate(config)
+        validate(config)
     config.model, config.flip.unmasked_steps = "ViT-B-16", config.total_steps + 1
     with pytest.raises(ValueError, match=r"config\.flip\.unmasked_steps"):
-        config_lib.validate(config)
+        validate(config)

@@ -88,7 +88,8 @@ def test_missing_file(tmp_path, missing):
 def test_caption_lm_configs_take_it_and_the_pipeline_writes_its_rows():
     """loss causal_lm / limber accept "gpt2:DIR" (its EOT is the prompt), and the input pipeline's caption rows
     are the tokenizer's: [EOT, ids, EOT, 0, ...]."""
-    from clip_jax.config import default_config, validate
+    from clip_jax.config import default_config
+    from clip_jax.config.validation import validate
     from clip_jax.data import Pipeline
     from clip_jax.evaluation import tokenize_caption
     from clip_jax.evaluation.caption_eval import row_text

@@ -12,9 +12,10 @@ from test_train_step import (
 )
 
 import clip_jax
-from clip_jax.config import default_config, validate
+from clip_jax.config import default_config
+from clip_jax.config.validation import validate
 from clip_jax.models import limber
-from clip_jax.training import optim
+from clip_jax.training.objectives import Limber, objective_class
 
 # A one-layer GPT-J-layout LM (rotary positions) of width 32 with a tied head: most of its 1.6M
 # parameters are the CLIP BPE vocabulary's embeddings.
@@ -86,7 +87,7 @@ def assert_same_caption_training(run, reference, config):
             atol = MOMENT_TOL * max(float(np.abs(v["want"]).max()) for v in group.values())
             for name, v in group.items():
                 np.testing.assert_allclose(v["got"], v["want"], rtol=0, atol=atol, err_msg=name)
-        for frozen in optim.locked_towers(config):
+        for frozen in objective_class(config).locked_towers(config):
             jax.tree.map(np.testing.assert_array_equal, got["params"][frozen], want["params"][frozen])
     assert_metrics_close(metrics, want_metrics, [s["params"] for s in states], [s["params"] for s in want_states])
     assert_params_close_after_adam(states[-1]["params"], want_states[-1]["params"], config, step=2)
@@ -133,17 +134,17 @@ def test_validation_names_the_field(changes, field):
 def test_context_length_must_fit_learned_positions():
     """gpt2-tiny has 32 learned positions: 16 grid vectors + 23 caption tokens (39) do not fit; the error names the field."""
     from clip_jax.config import ConfigError
-    from clip_jax.model_config import check_context_length, model_from_config
+    from clip_jax.training.objectives import model_from_config
 
     config = default_config()
     config.loss, config.model, config.data.context_length = "limber", "ViT-Tiny-8", 24
     config.limber.update(image_from="/clip", lm_from="/lm")
     model, _ = model_from_config(config)
     with pytest.raises(ConfigError, match="config.data.context_length: .* 39 positions, but has 32"):
-        check_context_length(model, config)
+        Limber.check_model(model, config)
     config.limber.num_prompts = 5
     with pytest.raises(ConfigError, match="config.limber.num_prompts"):
-        check_context_length(model, config)
+        Limber.check_model(model, config)
 
 
 def test_papers_setup_shards_gpt_j_6b_over_fsdp():

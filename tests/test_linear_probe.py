@@ -325,7 +325,8 @@ def test_errors():
 
 
 def test_config_accepts_val_data_for_linear_probes_only():
-    from clip_jax.config import ConfigError, default_config, validate
+    from clip_jax.config import ConfigError, default_config
+    from clip_jax.config.validation import validate
 
     config = default_config()
     probe = dict(type="linear_probe", data="tfds:cifar10:test", train_data="tfds:cifar10:train", every_steps=10)

@@ -10,9 +10,12 @@ from flax import linen as nn
 from test_train_step import BATCH, make_batch, small_config
 
 import clip_jax
-from clip_jax.config import default_config, validate
+from clip_jax.config import default_config
+from clip_jax.config.validation import validate
 from clip_jax.runtime import sharding
-from clip_jax.training import checkpointing, loop as train, optim, train_state, train_step
+from clip_jax.training import checkpointing, optim, train_state, train_step
+from clip_jax.training.objectives import objective_class
+from clip_jax.weights.into_state import load_into_state
 from clip_jax.weights.storage import save_variables
 
 CONTEXT = 16
@@ -102,7 +105,8 @@ def test_lock_text_leaves_no_text_moments():
     model = clip_jax.create_model("ViT-Tiny-8", text=TEXT, **OVERRIDES["ViT-Tiny-8"])
     inputs = jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, CONTEXT), jnp.int32)
     params = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"])
-    paths = leaf_paths(jax.eval_shape(optim.make_optimizer(config).init, params))
+    locked = objective_class(config).locked_towers(config)
+    paths = leaf_paths(jax.eval_shape(optim.make_optimizer(config, locked).init, params))
     assert not [p for p in paths if "'text'" in p] and [p for p in paths if ".mu['visual']" in p]
 
 
@@ -123,7 +127,7 @@ def test_init_image_from_loads_only_the_image_tower(locked_vit, tmp_path):
     saved = {"params": jax.tree.map(lambda x: x + 1, start["params"])}  # weights of the same shapes, other values
     save_variables(tmp_path / "weights", saved, {"model": "ViT-Tiny-8"})
     shardings = train_state.state_shardings(compiled.abstract_state)
-    state = train._load_init_weights(
+    state = load_into_state(
         str(tmp_path / "weights"), compiled.init(jax.random.key(0)), shardings, "visual", "lit.init_image_from"
     )
     loaded = jax.device_get(state["params"])
@@ -135,7 +139,7 @@ def test_init_image_from_loads_only_the_image_tower(locked_vit, tmp_path):
     bad["params"]["visual"]["proj"] = np.zeros((3, 3), np.float32)
     save_variables(tmp_path / "bad", bad, {"model": "ViT-Tiny-8"})
     with pytest.raises(ValueError, match=r"config\.lit\.init_image_from: .* do not fit .*visual/proj"):
-        train._load_init_weights(
+        load_into_state(
             str(tmp_path / "bad"), compiled.init(jax.random.key(0)), shardings, "visual", "lit.init_image_from"
         )
 

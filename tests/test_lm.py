@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from clip_jax import lm
-from clip_jax.lm.registry import param_shapes
+from clip_jax.lm.presets import param_shapes
 from clip_jax.runtime import sharding
+from clip_jax.weights.hf_lm import from_hf_state_dict
 from clip_jax.weights.open_clip import ConversionError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -39,7 +40,7 @@ def converted(name):
     """(model, variables) of a fixture's transformers model."""
     state_dict, _, spec = load_fixture(name)
     model = lm.create_lm(spec["name"], **spec["overrides"])
-    return model, lm.from_hf_state_dict(state_dict, model)
+    return model, from_hf_state_dict(state_dict, model)
 
 
 def max_error(actual, expected, valid=None):
@@ -193,7 +194,7 @@ def test_converter_accepts_prefixless_keys():
     state_dict, _, _ = load_fixture("gpt2-tiny")
     model, variables = converted("gpt2-tiny")
     bare = {k.removeprefix("transformer."): v for k, v in state_dict.items() if k != "lm_head.weight"}
-    again = lm.from_hf_state_dict(bare, model)
+    again = from_hf_state_dict(bare, model)
     jax.tree.map(np.testing.assert_array_equal, again, variables)
 
 
@@ -206,20 +207,20 @@ def test_converter_names_bad_keys():
     broken["transformer.h.0.mlp.c_fc.weight"] = np.zeros((64, 100), np.float32)
     broken["transformer.h.0.attn.bias"] = np.zeros((1, 1, 32, 32), np.float32)  # old mask buffer: ignored
     with pytest.raises(ConversionError) as error:
-        lm.from_hf_state_dict(broken, model)
+        from_hf_state_dict(broken, model)
     message = str(error.value)
     assert "transformer.h.1.ln_2.bias" in message and "transformer.h.0.attn.extra" in message
     assert "transformer.h.0.mlp.c_fc.weight: shape (64, 100)" in message
     assert "attn.bias'" not in message
     untied = {**state_dict, "lm_head.weight": state_dict["lm_head.weight"] + 1}
     with pytest.raises(ConversionError, match="tie_embeddings=False"):
-        lm.from_hf_state_dict(untied, model)
+        from_hf_state_dict(untied, model)
     gptj_state_dict, _, _ = load_fixture("gpt-j-tiny")
     with pytest.raises(ConversionError) as error:  # a GPT-J checkpoint in a GPT-2 model
-        lm.from_hf_state_dict(gptj_state_dict, model)
+        from_hf_state_dict(gptj_state_dict, model)
     assert "transformer.wpe.weight" in str(error.value) and "lm_head.bias" in str(error.value)
     with pytest.raises(ConversionError, match="not a GPT-2 or GPT-J"):
-        lm.from_hf_state_dict({"foo.weight": np.zeros(2)}, model)
+        from_hf_state_dict({"foo.weight": np.zeros(2)}, model)
 
 
 def test_fsdp_sharded_forward_equals_unsharded():
@@ -243,13 +244,13 @@ def test_fsdp_sharded_forward_equals_unsharded():
 
 
 def test_import_weights_cli(tmp_path):
-    from clip_jax.lm import import_weights
+    from clip_jax import import_weights
     from clip_jax.weights.storage import load_variables
 
     state_dict, ref, _ = load_fixture("gpt-j-tiny")
     checkpoint = str(tmp_path / "gptj.npz")
     np.savez(checkpoint, **state_dict)
-    import_weights.main(["--checkpoint", checkpoint, "--model", "gpt-j-tiny", "--output", str(tmp_path / "out")])
+    import_weights.main(["--checkpoint", checkpoint, "--lm", "gpt-j-tiny", "--output", str(tmp_path / "out")])
     variables, metadata = load_variables(tmp_path / "out")
     assert lm.create_lm(metadata["model"], **metadata["overrides"]) == converted("gpt-j-tiny")[0]
     _, expected = converted("gpt-j-tiny")

@@ -10,10 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clip_jax.config import default_config, validate, validate_batch_layout
-from clip_jax.model_config import model_from_config
+from clip_jax.config import default_config
+from clip_jax.config.validation import validate, validate_batch_layout
 from clip_jax.models import create_model
-from clip_jax.training import train_step
+from clip_jax.training.objectives import Clip, Siglip, model_from_config
 
 TINY = dict(
     embed_dim=32,
@@ -69,11 +69,11 @@ def test_model_from_config_starts_from_the_loss_init(loss, changes, scale, bias)
 def test_train_step_refuses_a_model_without_the_bias_its_loss_needs():
     siglip, clip = tiny_config("siglip"), tiny_config("clip")
     with pytest.raises(ValueError, match="config.loss: siglip needs a model with a logit_bias"):
-        train_step.check_model_fits_loss(create_model("ViT-Tiny-8"), siglip)
+        Siglip.check_model(create_model("ViT-Tiny-8"), siglip)
     with pytest.raises(ValueError, match="config.loss: clip has no logit bias"):
-        train_step.check_model_fits_loss(model_from_config(siglip)[0], clip)
-    train_step.check_model_fits_loss(model_from_config(siglip)[0], siglip)
-    train_step.check_model_fits_loss(model_from_config(clip)[0], clip)
+        Clip.check_model(model_from_config(siglip)[0], clip)
+    Siglip.check_model(model_from_config(siglip)[0], siglip)
+    Clip.check_model(model_from_config(clip)[0], clip)
 
 
 # ----------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import clip_jax
-from clip_jax import config as config_lib
-from clip_jax.model_config import model_from_config
+from clip_jax.config import default_config
+from clip_jax.training.objectives import model_from_config
 from clip_jax.runtime import sharding
 from clip_jax.training import flops, optim, train_state, train_step
 
@@ -26,7 +26,7 @@ def one_block(model: str) -> dict:
 
 def small_config(**changes):
     """ViT-Tiny-8 (or `model`) with one block per tower, batch 16, captions of 77 tokens."""
-    c = config_lib.default_config()
+    c = default_config()
     c.model = changes.get("model", "ViT-Tiny-8")
     c.model_overrides = ml_collections.ConfigDict(one_block(c.model))
     c.dtype = "float32"

@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.lm import generate
-from clip_jax.lm.registry import create_lm
+from clip_jax.lm.presets import create_lm
 from clip_jax.models.layers import normal, param_with_axes
-from clip_jax.models.registry import create_model
+from clip_jax.models.architectures import create_model
 from clip_jax.models.resnet import ModifiedResNet
 
 PREFIX_TYPES = ("grid", "pooled")

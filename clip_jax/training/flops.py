@@ -31,11 +31,11 @@ def model_flops_per_step(
     plain = model.clone(**{name: _unrolled(getattr(model, name)) for name in ("visual", "text") if hasattr(model, name)})
     plain_config = ml_collections.ConfigDict(config.to_dict())
     plain_config.num_microbatches = 1
-    optimizer = optim.make_optimizer(plain_config)
-    objective = make_objective(plain, plain_config)
+    objective = make_objective(plain, plain_config, mask_ratio)
+    optimizer = optim.make_optimizer(plain_config, objective.locked)
     init = init_state_fn(objective, optimizer, parameter_shardings(objective, mesh), mesh)
     state = jax.eval_shape(init, jax.random.key(0))
-    step = make_train_step(plain, plain_config, mesh, optimizer, optim.learning_rate_schedule(plain_config), mask_ratio)
+    step = make_train_step(objective, mesh, optimizer, optim.learning_rate_schedule(plain_config))
     analysis = jax.jit(step).lower(state, batch).cost_analysis()
     flops = (analysis or {}).get("flops")
     return float(flops) if flops and flops > 0 else None

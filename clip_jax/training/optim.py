@@ -7,8 +7,6 @@ import jax
 import ml_collections
 import optax
 
-from clip_jax.config import locked_towers
-
 # Only matrices and convolution kernels are decayed: never gains, biases,
 # embeddings (token, positional, class) or the logit scale and bias.
 DECAYED_NAMES = frozenset({"kernel", "proj", "text_projection"})
@@ -46,13 +44,12 @@ def tower_labels(params: Any, locked: Collection[str]) -> Any:
     return {name: label(name, tree) for name, tree in params.items()}
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Global-norm clipping (when grad_clip_norm > 0), then AdamW, for every tower config.lit leaves unlocked.
+def make_optimizer(config: ml_collections.ConfigDict, locked: Collection[str] = ()) -> optax.GradientTransformation:
+    """Global-norm clipping (when grad_clip_norm > 0), then AdamW, for every top-level subtree not `locked`.
 
-    Locked towers get a zero update and no optimizer state: their leaves are
-    `optax.MaskedNode`s in the AdamW moments.
+    Locked towers (the objective's `locked_towers`: LiT's, LiMBeR's) get a zero update and no optimizer
+    state: their leaves are `optax.MaskedNode`s in the AdamW moments.
     """
-    locked = locked_towers(config)
     if not locked:
         return _clipped_adamw(config)
     return optax.multi_transform(

@@ -16,12 +16,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from clip_jax.runtime.sharding import logical_shardings, replicated
-from clip_jax.training.objectives import Contrastive
+from clip_jax.training.objectives import Objective
 
 State = dict[str, Any]
 
 
-def parameter_shardings(objective: Contrastive, mesh: Mesh) -> Any:
+def parameter_shardings(objective: Objective, mesh: Mesh) -> Any:
     """Each parameter's NamedSharding from its logical axes and the rule table (nothing allocated)."""
     return logical_shardings(jax.eval_shape(objective.init_variables, jax.random.key(0))["params"], mesh)
 
@@ -32,7 +32,7 @@ def _is_masked(x: Any) -> bool:
 
 
 def init_state_fn(
-    objective: Contrastive, optimizer: optax.GradientTransformation, param_shardings: Any, mesh: Mesh
+    objective: Objective, optimizer: optax.GradientTransformation, param_shardings: Any, mesh: Mesh
 ) -> Callable[[jax.Array], State]:
     """rng -> fresh train state; parameters and their optimizer moments laid out by `param_shardings`."""
 
@@ -57,7 +57,7 @@ def init_state_fn(
 
 
 def compile_init(
-    objective: Contrastive, optimizer: optax.GradientTransformation, param_shardings: Any, mesh: Mesh, rng: jax.Array
+    objective: Objective, optimizer: optax.GradientTransformation, param_shardings: Any, mesh: Mesh, rng: jax.Array
 ) -> tuple[Callable[[jax.Array], State], State]:
     """(compiled init, abstract state): the state's shapes and shardings without allocating it."""
     init = init_state_fn(objective, optimizer, param_shardings, mesh)

@@ -27,11 +27,12 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from clip_jax import config as config_lib
+from clip_jax.config.validation import validate_batch_layout
 from clip_jax.inference.images import model_inputs
 from clip_jax.runtime.sharding import BATCH_AXES, activation_layout, batch_sharding, replicated
 from clip_jax.training import optim
-from clip_jax.training.objectives import Contrastive, make_objective
+from clip_jax.training.objectives import Objective, objective_class
+from clip_jax.training.objectives.flip import mask_ratios_from
 from clip_jax.training.train_state import State, compile_init, parameter_shardings, state_shardings
 
 Batch = dict[str, jax.Array]
@@ -40,22 +41,7 @@ Batch = dict[str, jax.Array]
 Probe = dict[str, dict[str, jax.Array]]
 
 
-def check_model_fits_loss(model: nn.Module, config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError when config.loss needs a logit_bias the model lacks, or the model has one it would ignore."""
-    if config.loss in config_lib.LM_LOSSES:  # next-token losses: no logit scalars
-        return
-    needs_bias = config_lib.LOSS_LOGIT_INIT[config.loss][1] is not None
-    has_bias = model.init_logit_bias is not None
-    if needs_bias and not has_bias:
-        raise ValueError(
-            f"config.loss: {config.loss} needs a model with a logit_bias "
-            "(model_config.model_from_config(config) or create_model(..., init_logit_bias=...))"
-        )
-    if has_bias and not needs_bias:
-        raise ValueError(f"config.loss: {config.loss} has no logit bias, but the model has a logit_bias parameter")
-
-
-def global_loss_fn(objective: Contrastive, mesh: Mesh) -> Callable[..., tuple[jax.Array, dict, dict]]:
+def global_loss_fn(objective: Objective, mesh: Mesh) -> Callable[..., tuple[jax.Array, dict, dict]]:
     """(outputs {name: [B, ...]}, scalars {'logit_scale', 'logit_bias'?}, extra, step) -> (loss, metrics, extra).
 
     Outputs are split over the batch axes and extra is laid out by the
@@ -73,7 +59,7 @@ def global_loss_fn(objective: Contrastive, mesh: Mesh) -> Callable[..., tuple[ja
     )
 
 
-def global_metrics_fn(objective: Contrastive, mesh: Mesh) -> Callable[[Probe], dict[str, jax.Array]]:
+def global_metrics_fn(objective: Objective, mesh: Mesh) -> Callable[[Probe], dict[str, jax.Array]]:
     """The objective's in-batch metrics of the global batch from a step's probe, jitted; replicated scalars.
 
     A pass of its own over the batch's pairs (N x N logits for the contrastive objectives) that the loop
@@ -111,17 +97,16 @@ def _from_microbatches(x: jax.Array, mesh: Mesh) -> jax.Array:
 
 
 def loss_and_grads(
-    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, state: State, batch: Batch, mask_ratio: float = 0.0
+    objective: Objective, mesh: Mesh, state: State, batch: Batch
 ) -> tuple[jax.Array, dict, Any, dict[str, Any], Probe]:
     """(loss, metrics, grads, {'batch_stats', 'extra'} after the step, probe) of the global batch, over micro-batches.
 
     The objective (`clip_jax.training.objectives`) prepares the step's inputs for the whole batch (FLIP's patch
-    subsets with mask_ratio > 0, DeCLIP's masked tokens), so micro-batches see what the full batch would.
+    subsets with its mask_ratio > 0, DeCLIP's masked tokens), so micro-batches see what the full batch would.
     """
-    objective = make_objective(model, config, mask_ratio)
     global_loss = global_loss_fn(objective, mesh)
     params, batch_stats, extra, step = state["params"], state["batch_stats"], state["extra"], state["step"]
-    num = config.num_microbatches
+    num = objective.config.num_microbatches
     # Images stay uint8 until each (micro-)batch is embedded: a float32 copy of the whole batch is 4x its bytes.
     inputs = jax.lax.with_sharding_constraint(objective.prepare(step, batch), batch_sharding(mesh))
 
@@ -163,31 +148,25 @@ def loss_and_grads(
     return loss, metrics, grads, {"batch_stats": new_stats, "extra": new_extra}, probe(objective, outputs, params)
 
 
-def probe(objective: Contrastive, outputs: dict[str, jax.Array], params: Any) -> Probe:
+def probe(objective: Objective, outputs: dict[str, jax.Array], params: Any) -> Probe:
     """The step's outputs and logit scalars that `global_metrics_fn` reads, without gradients."""
     kept = {name: outputs[name] for name in objective.metric_outputs}
     return jax.lax.stop_gradient({"outputs": kept, "scalars": scalar_params(params)})
 
 
 def make_train_step(
-    model: nn.Module,
-    config: ml_collections.ConfigDict,
-    mesh: Mesh,
-    optimizer: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    mask_ratio: float = 0.0,
+    objective: Objective, mesh: Mesh, optimizer: optax.GradientTransformation, schedule: optax.Schedule
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
     """The (unjitted) train step: state, batch -> new state, replicated scalar metrics, probe.
 
     The probe feeds `global_metrics_fn` on the steps that log in-batch metrics; other steps drop it.
-
-    mask_ratio: FLIP's patch masking of the image tower (static: one compiled step per ratio).
+    The objective's FLIP mask ratio is static: one compiled step per ratio.
     """
-    max_log_scale = math.log(config.max_logit_scale)
-    locked = config_lib.locked_towers(config)
+    max_log_scale = math.log(objective.config.max_logit_scale)
+    locked = objective.locked
 
     def train_step(state: State, batch: Batch) -> tuple[State, dict[str, jax.Array], Probe]:
-        loss, metrics, grads, carried, step_probe = loss_and_grads(model, config, mesh, state, batch, mask_ratio)
+        loss, metrics, grads, carried, step_probe = loss_and_grads(objective, mesh, state, batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         params = {**params, **{tower: state["params"][tower] for tower in locked}}  # bit for bit, -0.0 too
@@ -226,50 +205,53 @@ class CompiledTraining(NamedTuple):
 
     init: Callable[[jax.Array], State]  # rng -> fresh state
     abstract_state: State  # ShapeDtypeStructs with shardings: the restore target
-    step: Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]
+    # FLIP's mask ratio -> the compiled step that masks with it, one for each ratio the run's steps use
+    steps: dict[float, Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]]
     abstract_batch: Batch  # ShapeDtypeStructs with shardings of a global batch
     in_batch_metrics: Callable[[Probe], dict[str, jax.Array]]  # a step's probe -> its in-batch metrics
 
+    @property
+    def step(self) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
+        """The compiled step of the run's first step."""
+        return next(iter(self.steps.values()))
+
 
 def compile_step(
-    model: nn.Module,
-    config: ml_collections.ConfigDict,
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
     mesh: Mesh,
     abstract_state: State,
     abstract_batch: Batch,
-    mask_ratio: float = 0.0,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
-    """The compiled train step for `abstract_state` / `abstract_batch` with FLIP's `mask_ratio` (0: whole images)."""
-    step_fn = jit_train_step(
-        make_train_step(
-            model, config, mesh, optim.make_optimizer(config), optim.learning_rate_schedule(config), mask_ratio
-        ),
-        state_shardings(abstract_state),
-        mesh,
-    )
+    """The compiled train step of `objective` for `abstract_state` / `abstract_batch`."""
+    schedule = optim.learning_rate_schedule(objective.config)
+    step_fn = jit_train_step(make_train_step(objective, mesh, optimizer, schedule), state_shardings(abstract_state), mesh)
     with activation_layout(mesh):  # the model's `constrain` calls pin activations while tracing
         lowered = step_fn.lower(abstract_state, abstract_batch)
     return lowered.compile()
 
 
 def compile_training(
-    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array, mask_ratio: float | None = None
+    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array, start_step: int = 0
 ) -> CompiledTraining:
-    """Lays out the state over `mesh` and compiles init and the train step for config.batch_size.
+    """Lays out the state over `mesh` and compiles init and the train steps for config.batch_size.
 
-    The step masks with `mask_ratio`; None: config.flip.mask_ratio. A run that
-    changes ratio (FLIP's unmasked tuning) compiles its next step with `compile_step`.
+    One step is compiled for each FLIP mask ratio the steps from `start_step` to config.total_steps use
+    (FLIP's unmasked tuning is a program of its own), so the loop never compiles.
     """
-    config_lib.validate_batch_layout(config, mesh.shape["data"] * mesh.shape["fsdp"])
-    check_model_fits_loss(model, config)
-    objective = make_objective(model, config)
-    optimizer = optim.make_optimizer(config)
-    shardings = parameter_shardings(objective, mesh)
-    init, abstract_state = compile_init(objective, optimizer, shardings, mesh, rng)
+    method = objective_class(config)
+    validate_batch_layout(config, mesh.shape["data"] * mesh.shape["fsdp"])
+    method.check_model(model, config)
+    optimizer = optim.make_optimizer(config, method.locked_towers(config))
+    objectives = {ratio: method(model, config, ratio) for ratio in mask_ratios_from(config, start_step)}
+    objective = next(iter(objectives.values()))
+    init, abstract_state = compile_init(objective, optimizer, parameter_shardings(objective, mesh), mesh, rng)
     batch = batch_sharding(mesh)
     abstract_batch = {
         name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch) for name, (shape, dtype) in objective.batch_shapes().items()
     }
-    ratio = config.flip.mask_ratio if mask_ratio is None else mask_ratio
-    step = compile_step(model, config, mesh, abstract_state, abstract_batch, ratio)
-    return CompiledTraining(init, abstract_state, step, abstract_batch, global_metrics_fn(objective, mesh))
+    steps = {
+        ratio: compile_step(objective, optimizer, mesh, abstract_state, abstract_batch)
+        for ratio, objective in objectives.items()
+    }
+    return CompiledTraining(init, abstract_state, steps, abstract_batch, global_metrics_fn(objective, mesh))

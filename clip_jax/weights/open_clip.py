@@ -30,7 +30,7 @@ from numpy.typing import DTypeLike
 
 from clip_jax.models.clip import CLIP
 from clip_jax.models.declip_heads import DeclipHeads
-from clip_jax.models.registry import MODEL_SPECS, OPEN_CLIP_NAMES, ModelSpec, model_spec
+from clip_jax.models.architectures import MODEL_SPECS, OPEN_CLIP_NAMES, ModelSpec, model_spec
 
 # Entries of OpenAI's JIT archives and torch buffers that carry no parameters.
 _IGNORED_KEYS = re.compile(r"(^|\.)(input_resolution|context_length|vocab_size|num_batches_tracked|attn_mask)$")

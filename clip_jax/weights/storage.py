@@ -5,7 +5,7 @@ Layout: an Orbax CheckpointManager directory whose step holds two items,
 model's kind, name and overrides), so `load_model` rebuilds the module without
 being told what it is. Kinds: "clip" (also metadata without a kind: every
 checkpoint written before kinds existed), "lm" (a bare `clip_jax.lm.CausalLM`,
-clip_jax.lm.import_weights), "causal_lm" and "limber" (`clip_jax.models.limber`'s
+clip_jax.import_weights --lm), "causal_lm" and "limber" (`clip_jax.models.limber`'s
 CaptionLM and Limber, written by training runs with those losses).
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ clients serve a `gs://` run, and each is pointed at it:
   while it waits on GCS) answers CONNECT with TLS under a throwaway CA
   (trustme) and hands every request to the emulator.
 
-Nothing leaves 127.0.0.1. `python tests/gcs_emulator.py PORT EMULATOR_PORT CERT_PEM` runs the proxy.
+Nothing leaves 127.0.0.1. `python tests/integration/gcs_emulator.py PORT EMULATOR_PORT CERT_PEM` runs the proxy.
 """
 from __future__ import annotations
 
@@ -34,17 +34,13 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 
+from runs import free_port
+
 GCS_HOSTS = ("www.googleapis.com", "storage.googleapis.com")
 _HOP_HEADERS = {
     "connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "expect", "content-length",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Forwarder(http.server.BaseHTTPRequestHandler):

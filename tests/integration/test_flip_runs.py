@@ -1,5 +1,4 @@
 """FLIP through `python -m clip_jax.main`: masked training that switches to unmasked tuning, and its resume."""
-import json
 import os
 import shutil
 
@@ -7,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from runs import final_params, run_main
+from runs import final_params, records, run_main
 
 FLIP_FLAGS = ("--config.flip.mask_ratio=0.5", "--config.flip.unmasked_steps=5", "--config.total_steps=20")
 
@@ -22,12 +21,12 @@ def flip_run(config_file, tmp_path_factory):
 def test_flip_run_trains_and_switches_to_unmasked_tuning(flip_run):
     """The loss falls, the log says when the unmasked step takes over, evaluation runs at the end."""
     workdir, stderr = flip_run
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    train = [r for r in records if "loss" in r]
+    logged = records(workdir)
+    train = [r for r in logged if "loss" in r]
     assert [(r["step"], r["flip/mask_ratio"]) for r in train] == [(5, 0.5), (10, 0.5), (15, 0.5), (20, 0.0)]
     assert train[-1]["loss"] < train[0]["loss"]
     assert "FLIP: unmasked tuning from step 15 to 20" in stderr
-    assert any("shapes_heldout/top1" in r for r in records)
+    assert any("shapes_heldout/top1" in r for r in logged)
 
 
 def test_resume_in_the_unmasked_phase_matches_the_uninterrupted_run(config_file, flip_run, tmp_path):

@@ -8,12 +8,11 @@ then the captions LiMBeR writes for 200 fresh `shapes` images name the
 image's colour and its shape far above chance (1/6 each; 0.4 is 8 standard
 deviations of a chance-level share over 200 images, sqrt(1/6 * 5/6 / 200) = 0.026).
 """
-import json
 import os
 
 import pytest
 
-from runs import REPO, run_main
+from runs import REPO, records, run_main
 
 pytestmark = pytest.mark.slow
 RUN_TIMEOUT_S = 3600  # a whole recipe run on 2 CPU cores
@@ -27,6 +26,6 @@ def test_limber_on_shapes_names_colour_and_shape(tmp_path):
         os.path.join(REPO, "configs", "limber_shapes.py"), limber,
         f"--config.limber.image_from={clip}", f"--config.limber.lm_from={lm}", timeout=RUN_TIMEOUT_S,
     )
-    (final,) = [r for r in map(json.loads, open(os.path.join(limber, "metrics.jsonl"))) if "val_color/named" in r]
+    (final,) = [r for r in records(limber) if "val_color/named" in r]
     print({k: v for k, v in final.items() if k.endswith("/named") or k.endswith("/cider")})
     assert final["val_color/named"] > 0.4 and final["val_shape/named"] > 0.4, final

@@ -1,6 +1,4 @@
 """LiT through `python -m clip_jax.main`: lock_image with init_image_from trains the text tower alone."""
-import json
-import os
 import runpy
 
 import flax.linen as nn
@@ -8,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.model_config import model_from_config
+from clip_jax.training.objectives import model_from_config
 from clip_jax.weights.storage import save_variables
-from runs import final_params, run_main
+from runs import final_params, records, run_main
 
 
 def test_lit_run_trains_text_against_a_locked_image_tower(config_file, tmp_path):
@@ -30,8 +28,7 @@ def test_lit_run_trains_text_against_a_locked_image_tower(config_file, tmp_path)
         config_file, workdir, "--config.total_steps=20", "--config.lit.lock_image=True",
         f"--config.lit.init_image_from={tmp_path / 'image_tower'}", "--config.evals.shapes_heldout.every_steps=1000",
     )
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = [r["loss"] for r in records(workdir) if "loss" in r]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     params, _ = final_params(workdir)
     jax.tree.map(np.testing.assert_array_equal, params["visual"], saved["params"]["visual"])

@@ -6,13 +6,14 @@ CLIP_JAX_QUICKSTART_STEPS, and TMPDIR under pytest's tmp_path (the notebook's wo
 temporary directory). About 2.5 minutes on 2 CPU cores.
 """
 import base64
-import json
 import math
 import re
 from pathlib import Path
 
 import nbclient
 import nbformat
+
+from runs import records
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "quickstart.ipynb"
 STEPS = 100  # the loss leaves ln(64), the value of untrained (tied) logits at batch 64, near step 30
@@ -74,8 +75,7 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
     assert workdir.is_relative_to(tmp_path) and (workdir / "metrics.jsonl").is_file()
     first, last = map(float, re.search(r"loss: (\S+) at step \d+ -> (\S+) at step " + str(STEPS), out).groups())
     assert first > math.log(64) - 0.1 and last < math.log(64) - 0.5, (first, last)  # it learned: ~4.2 -> ~2.0
-    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert any("shapes_val/top1" in r for r in logged)
+    assert any("shapes_val/top1" in r for r in records(str(workdir)))
     curve = _pngs(_tagged(nb, "loss-curve"))
     assert len(curve) == 1 and curve[0].startswith(b"\x89PNG")
 

@@ -6,7 +6,6 @@ For SigLIP, CLIP-Lite, DeCLIP, FLIP and LiT: configs/tiny.py with one block per 
 The objectives' own state (CLIP-Lite's critic BatchNorm statistics, DeCLIP's text queue) survives SIGKILL
 and resume bit for bit.
 """
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from clip_jax.weights.storage import load_variables
-from runs import REPO, TIMEOUT_S, main_command, run_main
+from runs import REPO, TIMEOUT_S, main_command, records, run_main
 
 RECIPES = {
     # SigLIP's bias init -10 is for batches of thousands; at batch 64 a tiny model sits at the loss of tied
@@ -81,10 +80,10 @@ def recipe_runs(tmp_path_factory):
 def test_recipe_learns_and_beats_chance_at_zero_shot(recipe_runs, name):
     """The loss falls and zero-shot colour naming on 200 fresh images is far above chance (1/6): 0.5 is
     13 standard deviations of a chance-level accuracy over 200 images (sqrt(1/6 * 5/6 / 200) = 0.026)."""
-    records = [json.loads(line) for line in open(os.path.join(recipe_runs(name), "metrics.jsonl"))]
-    losses = [r["loss"] for r in records if "loss" in r]  # every 10 steps
+    logged = records(recipe_runs(name))
+    losses = [r["loss"] for r in logged if "loss" in r]  # every 10 steps
     assert len(losses) == 10 and np.mean(losses[-3:]) < losses[0], losses
-    (accuracy,) = [r["color/top1"] for r in records if "color/top1" in r]
+    (accuracy,) = [r["color/top1"] for r in logged if "color/top1" in r]
     assert accuracy > 0.5, accuracy
 
 

@@ -21,7 +21,7 @@ from gcs_emulator import gcs_emulator
 from test_data_util import write_csv, write_image_files, write_tfds, write_wds
 
 from clip_jax.import_weights import import_weights
-from clip_jax.model_config import model_from_config
+from clip_jax.training.objectives import model_from_config
 from clip_jax.tokenizers import SentencePieceTokenizer, get_tokenizer, train_sentencepiece
 from clip_jax.weights import storage as weights
 from runs import REPO, TEST_CONFIG, run_main

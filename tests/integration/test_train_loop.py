@@ -1,7 +1,6 @@
 """End to end through `python -m clip_jax.main` on one process: logging, evals, resume after SIGKILL,
 SIGTERM, init_from (several processes: test_multihost.py). The uninterrupted run is the session's
 `trained_run` (conftest.py), which other tests share."""
-import json
 import os
 import signal
 import subprocess
@@ -12,24 +11,23 @@ import jax
 import numpy as np
 import pytest
 
-from runs import REPO, final_params, main_command, run_main
+from runs import REPO, checkpoint_steps, final_params, main_command, records, run_main
 
 
 def test_run_logs_metrics_checkpoints_and_evals(trained_run):
     workdir, stderr = trained_run
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    train = [r for r in records if "loss" in r]
+    logged = records(workdir)
+    train = [r for r in logged if "loss" in r]
     assert [r["step"] for r in train] == list(range(5, 41, 5))
     for key in ("loss", "learning_rate", "logit_scale", "grad_norm", "i2t_top1", "samples_per_second", "step_time"):
         assert all(np.isfinite(r[key]) for r in train), key
     assert train[-1]["loss"] < train[0]["loss"]
-    evals = [r for r in records if "shapes_heldout/top1" in r]
+    evals = [r for r in logged if "shapes_heldout/top1" in r]
     assert [r["step"] for r in evals] == [40]
     hits = evals[0]["shapes_heldout/top1"] * 48  # a count over the 48 held-out images, padding excluded
     assert hits == pytest.approx(round(hits), abs=1e-4)
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
-    checkpoints = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-    assert checkpoints == [30, 35, 40]  # keep_checkpoints = 3
+    assert checkpoint_steps(workdir) == [30, 35, 40]  # keep_checkpoints = 3
     assert "ETA" in stderr  # the progress line
     _, metadata = final_params(workdir)
     assert metadata["model"] == "ViT-Tiny-8" and metadata["overrides"]["text"]["layers"] == 1
@@ -46,8 +44,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(config_file, trained_run
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
-    assert 10 <= max(steps) < 40
+    assert 10 <= max(checkpoint_steps(workdir)) < 40
     run_main(config_file, workdir)
     resumed, _ = final_params(workdir)
     expected, _ = final_params(trained_run[0])
@@ -67,7 +64,7 @@ def test_sigterm_saves_and_stops(config_file, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
-    steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    steps = checkpoint_steps(workdir)
     assert len(steps) == 1 and 5 <= steps[0] < 100000
 
 

@@ -21,7 +21,7 @@ search; before any is written the nearest neighbour of a caption is itself.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -30,14 +30,17 @@ import ml_collections
 from jax.sharding import PartitionSpec
 
 from clip_jax import losses
+from clip_jax.config.errors import check
 from clip_jax.losses.common import AxisName, psum
 from clip_jax.models.clip import l2_normalize
 from clip_jax.runtime.sharding import BATCH_AXES
 from clip_jax.tokenizers import get_tokenizer
-from clip_jax.training.objectives.contrastive import Arrays, Contrastive
+from clip_jax.training.objectives.contrastive import Clip
+from clip_jax.training.objectives.protocol import Arrays
 
 # Folded into the seed's key before the step: the token masks are a stream of their own.
 MLM_STREAM = 0x4D4C4D  # "MLM"
+TERMS = ("multi_view", "image_ssl", "text_ssl", "nearest_neighbour")
 
 
 def declip_forward(model: nn.Module, inputs: Arrays, train: bool) -> Arrays:
@@ -68,10 +71,34 @@ def declip_forward(model: nn.Module, inputs: Arrays, train: bool) -> Arrays:
     }
 
 
-class Declip(Contrastive):
+class Declip(Clip):
     """DeCLIP's objective; batch fields "images", "tokens", "images_2", "tokens_aug"; extra state "text_queue"."""
 
+    pipeline_options: ClassVar[dict[str, Any]] = {"declip_views": True}  # the second view and the EDA caption
+    extra_tokens = 1  # the mask token
     batch_fields = ("images", "tokens", "images_2", "tokens_aug")
+
+    @classmethod
+    def validate(cls, config: ml_collections.ConfigDict) -> None:
+        """Weights for DeCLIP's four terms, a queue of whole batches, a masking rate in (0, 1); no FLIP or LiT."""
+        super().validate(config)
+        d = config.declip
+        check(sorted(d.weights) == sorted(TERMS), "declip.weights", f"needs exactly the weights {TERMS}")
+        check(all(w >= 0 for w in d.weights.values()), "declip.weights", "must be >= 0")
+        check(d.projection_dim >= 2, "declip.projection_dim", "must be at least 2")
+        check(0 < d.mlm_rate < 1, "declip.mlm_rate", f"must be in (0, 1), got {d.mlm_rate}")
+        check(d.mlm_max_predictions >= 1, "declip.mlm_max_predictions", "must be at least 1")
+        check(
+            d.queue_size >= config.batch_size and d.queue_size % config.batch_size == 0,
+            "declip.queue_size",
+            f"{d.queue_size} must be a positive multiple of batch_size {config.batch_size} (the queue holds whole batches)",
+        )
+        check(config.flip.mask_ratio == 0, "flip.mask_ratio", "FLIP's masking is not combined with loss=declip; set it to 0")
+        check(not cls.locked_towers(config), "lit.lock_image", "DeCLIP trains both towers; unlock them or use another loss")
+
+    @classmethod
+    def head_overrides(cls, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        return {"declip_projection_dim": config.declip.projection_dim}
 
     def __init__(self, model: nn.Module, config: ml_collections.ConfigDict, mask_ratio: float = 0.0):
         super().__init__(model, config, mask_ratio)

@@ -26,6 +26,12 @@ def mask_ratio_at(config: ml_collections.ConfigDict, step: int) -> float:
     return float(config.flip.mask_ratio)
 
 
+def mask_ratios_from(config: ml_collections.ConfigDict, start_step: int) -> tuple[float, ...]:
+    """The distinct mask ratios of steps start_step .. total_steps - 1, in the order the run meets them."""
+    first = mask_ratio_at(config, start_step)
+    return (first, 0.0) if first and config.flip.unmasked_steps else (first,)
+
+
 def mask_key(seed: int, step: jax.Array) -> jax.Array:
     """The key of step `step`'s masks: a function of (seed, step) only."""
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), MASK_STREAM), step)

@@ -1,0 +1,12 @@
+"""ConfigError: a config field that cannot work, named in the message."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config field that cannot work; the message starts with `config.<field>:`."""
+
+
+def check(condition: bool, field: str, message: str) -> None:
+    """Raises ConfigError("config.<field>: <message>") unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"config.{field}: {message}")
