@@ -24,13 +24,11 @@ if __name__ == "__main__":  # first: what is imported below would be imported ag
 
 import logging
 import os
-import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from clip_jax.config import ConfigError
 from clip_jax.config.validation import validate
 from clip_jax.runtime import multihost
 from clip_jax.runtime.cli import initialize_distributed, setup_logging
@@ -63,10 +61,8 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
     logging.info("process %d of %d, %d devices; workdir %s; config:\n%s", jax.process_index(), jax.process_count(),
                  jax.device_count(), workdir, config)
-    try:
-        multihost.exit_on_failure(lambda: train_and_evaluate(config, workdir))
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    # A RunError (a bad field, an unreadable checkpoint, a full disk, a diverged run) ends it in one line.
+    multihost.exit_on_failure(lambda: train_and_evaluate(config, workdir))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
     # must divide the per-device batch, batch_size / (mesh data x fsdp), or be at least it.
     c.loss_block_size = 1024
     c.max_logit_scale = 100.0  # the multiplier exp(logit_scale) is clipped to this after each step
+    # A step whose loss, gradient or new state is not finite changes nothing (clip_jax.training.nonfinite);
+    # this many of them in a row end the run. Checkpoints are only written after a finite step.
+    c.max_nonfinite_steps = 100
     # Initial logit scale as the log of the multiplier (e.g. math.log(10)); None: the loss's default
     # (log(1/0.07) for clip and clip_lite, log(10) for siglip).
     c.init_logit_scale = config_dict.placeholder(float)

@@ -1,8 +1,10 @@
 """ConfigError: a config field that cannot work, named in the message."""
 from __future__ import annotations
 
+from clip_jax.runtime.errors import RunError
 
-class ConfigError(ValueError):
+
+class ConfigError(ValueError, RunError):
     """A config field that cannot work; the message starts with `config.<field>:`."""
 
 

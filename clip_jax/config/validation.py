@@ -93,6 +93,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(config.loss_impl in LOSS_IMPLS, "loss_impl", f"{config.loss_impl!r} is not one of {LOSS_IMPLS}")
     check(config.loss_block_size > 0, "loss_block_size", "must be positive")
     check(config.max_logit_scale > 0, "max_logit_scale", "must be positive")
+    check(config.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be at least 1")
     check(config.batch_size > 0, "batch_size", "must be positive")
     check(config.num_microbatches >= 1, "num_microbatches", "must be at least 1")
     check(

@@ -7,7 +7,7 @@
   coordination service notifies of a SIGTERM to any process and which names
   a step every process reaches (`multihost_utils.reached_preemption_sync_point`)
   without a cross-host sync per step.
-- `exit_on_failure`: a process that raises logs the error and exits at once
+- `exit_on_failure`: a process that raises logs the error (a `RunError`: its one line) and exits at once
   with status 1, skipping `jax.distributed`'s shutdown barrier (where it
   would wait forever for peers stuck in a collective). The coordination
   service then misses its heartbeats and ends every other process with a
@@ -21,11 +21,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from clip_jax.runtime.errors import RunError
 
 log = logging.getLogger("clip_jax.runtime.multihost")
 T = TypeVar("T")
@@ -79,15 +81,29 @@ class Preemption:
 
 
 def exit_on_failure(fn: Callable[[], T]) -> T:
-    """fn(); in a multi-process run, an exception is logged and ends this process with status 1 at once."""
-    if jax.process_count() == 1:
-        return fn()
+    """fn(). A RunError ends this process at once with its one line, `error: <message>`, last on stderr and
+    status 1; in a multi-process run any other exception is logged and ends it the same way.
+
+    At once (`os._exit`, after flushing the logs): the run has closed its checkpoints by then, and neither
+    `jax.distributed`'s shutdown barrier nor threads left by Orbax, TensorStore or tf.data may hold the
+    exit or print after the message.
+    """
     try:
         return fn()
+    except RunError as e:
+        _exit_now(f"error: {e}")
     except BaseException:
+        if jax.process_count() == 1:
+            raise
         log.exception("process %d of %d failed; ending the job", jax.process_index(), jax.process_count())
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        _exit_now()
+
+
+def _exit_now(message: str = "") -> NoReturn:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    if message:
+        print(message, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)

@@ -8,7 +8,7 @@ from jax.sharding import Mesh
 
 from clip_jax.training import optim
 from clip_jax.training.objectives import make_objective
-from clip_jax.training.train_state import init_state_fn, parameter_shardings
+from clip_jax.training.train_state import init_state_fn
 from clip_jax.training.train_step import Batch, make_train_step
 
 
@@ -33,7 +33,7 @@ def model_flops_per_step(
     plain_config.num_microbatches = 1
     objective = make_objective(plain, plain_config, mask_ratio)
     optimizer = optim.make_optimizer(plain_config, objective.locked)
-    init = init_state_fn(objective, optimizer, parameter_shardings(objective, mesh), mesh)
+    init = init_state_fn(objective, optimizer)
     state = jax.eval_shape(init, jax.random.key(0))
     step = make_train_step(objective, mesh, optimizer, optim.learning_rate_schedule(plain_config))
     analysis = jax.jit(step).lower(state, batch).cost_analysis()

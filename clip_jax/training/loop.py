@@ -2,12 +2,15 @@
 
     train_and_evaluate(config, workdir)
 
-Starts from the newest complete checkpoint in WORKDIR/checkpoints if there is
-one (state and data position: the run continues as if never stopped), else
-from a fresh initialisation with the weights the objective names loaded over
-it (`config.init_from`, LiT's `config.lit.init_image_from`; LiMBeR: its two
+Starts from the newest intact checkpoint in WORKDIR/checkpoints if there is
+one (state and data position: the run continues as if never stopped; a newer
+damaged one is reported and set aside, `checkpointing`), else from a fresh
+initialisation with the weights the objective names loaded over it
+(`config.init_from`, LiT's `config.lit.init_image_from`; LiMBeR: its two
 frozen parts). Saves every `checkpoint_every_steps`, at the end, and when the
-process gets SIGTERM (preemption), then exits cleanly.
+process gets SIGTERM (preemption), then exits cleanly; a save waits for a
+finite step, and config.max_nonfinite_steps non-finite steps in a row end the
+run (`nonfinite`).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from clip_jax.config import ConfigError
 from clip_jax.config.validation import validate
 from clip_jax.evaluation.in_loop import EvalTask, make_eval_encoders, run_evals
 from clip_jax.runtime import multihost, paths, sharding
-from clip_jax.training import checkpointing, flops, metric_logging, train_state, train_step
+from clip_jax.training import checkpointing, flops, metric_logging, nonfinite, train_state, train_step
 from clip_jax.training.objectives import Objective, model_metadata, objective_class
 from clip_jax.training.objectives.flip import mask_ratio_at
 from clip_jax.weights.into_state import load_into_state
@@ -39,28 +42,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains to config.total_steps (resuming from WORKDIR) and returns the final state."""
     validate(config)
     method = objective_class(config)
-    paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
+    make_workdir(workdir)
 
     # -- mesh ----------------------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
     batch_sharding = sharding.batch_sharding(mesh)
 
-    # -- data: where the last checkpoint left it (a missing source fails before anything compiles) ---
+    # -- data: the source opened before anything compiles (a missing one fails at once) ------------
     checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    data_state = checkpointer.restore_data(latest) if latest is not None else None
     model, overrides = method.create_model(config)
     image_size = model.visual.image_size if hasattr(model, "visual") else TEXT_ONLY_IMAGE_SIZE
-    pipeline = open_training_data(config, method, image_size, data_state)
+    pipeline = open_training_data(config, method, image_size, checkpointer.recorded_data_streams())
 
-    # -- model and state -----------------------------------------------------------------------------
+    # -- model and state: the newest intact checkpoint, else a fresh start with the method's weights ---
     rng = jax.random.key(config.seed)
-    compiled = train_step.compile_training(model, config, mesh, rng, start_step=latest or 0)
-    if latest is not None:
-        state = checkpointer.restore(latest, compiled.abstract_state)
-        log.info("resumed from step %d in %s", latest, checkpointer.directory)
+    compiled = train_step.compile_training(model, config, mesh, rng, start_step=min(checkpointer.steps(), default=0))
+    resume = checkpointer.restore_newest_intact(compiled.abstract_state)
+    if resume:
+        state, data_state = resume.state, resume.data_state
+        log.info("resumed from step %d in %s", resume.step, checkpointer.directory)
     else:
-        state = compiled.init(rng)
+        state, data_state = compiled.init(rng), None
         shardings = train_state.state_shardings(compiled.abstract_state)
         for weights in method.initial_weights(config):
             state = load_into_state(weights.path, state, shardings, weights.tower, weights.field)
@@ -94,12 +96,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     preemption = multihost.Preemption()
     window_start, window_steps = time.perf_counter(), 0
+    previous_metrics, save_due = None, False
     log.info("training %s from step %d to %d on %s", metadata["model"], step, config.total_steps, mesh)
     try:
         while step < config.total_steps:
             mask_ratio = mask_ratio_at(config, step)
             batch = next(batches)
             state, metrics, probe = compiled.steps[mask_ratio](state, {name: batch[name] for name in compiled.abstract_batch})
+            if previous_metrics is not None:  # the step before's count: the devices stay a step ahead
+                nonfinite.stop_if_diverged(previous_metrics, step, config.max_nonfinite_steps)
+            previous_metrics = metrics
             step += 1
             window_steps += 1
             progress(step)
@@ -123,21 +129,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ) if eval_tasks and not stopping else {}
             if eval_results:
                 writer.write_scalars(step, eval_results)
-            if step % config.checkpoint_every_steps == 0 or step == config.total_steps or stopping:
+            save_due |= step % config.checkpoint_every_steps == 0 or step == config.total_steps or stopping
+            if save_due and nonfinite.in_a_row(metrics) == 0:  # a due save waits for a finite step
                 data_state = data.merge_states(multihost.allgather_json(batches.get_state()))
                 checkpointer.save(step, state, data_state, metadata)
+                save_due = False
             if stopping:
                 break
+        if previous_metrics is not None:
+            nonfinite.stop_if_diverged(previous_metrics, step, config.max_nonfinite_steps)
+        if save_due:
+            log.warning("step %d is not saved: the run ended on non-finite steps; the newest checkpoint is %s",
+                        step, max(checkpointer.steps(), default="none"))
     finally:
-        checkpointer.wait()
-        checkpointer.close()
         writer.flush()
         preemption.restore()
+        checkpointer.close()  # last: waits for the save in flight, whose failure ends the run
     return state
 
 
+def make_workdir(workdir: str) -> None:
+    """Creates WORKDIR; one that cannot be made is a CheckpointError naming it."""
+    try:
+        paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise checkpointing.CheckpointError(f"cannot create the workdir {workdir}: {e.strerror or e}") from None
+
+
 def open_training_data(
-    config: ml_collections.ConfigDict, method: type[Objective], image_size: int, data_state: dict[str, Any] | None
+    config: ml_collections.ConfigDict, method: type[Objective], image_size: int, recorded_streams: int | None
 ) -> data.Pipeline:
     """This process's training input pipeline; a source that is missing or empty is a ConfigError naming the flag."""
     try:
@@ -149,7 +169,7 @@ def open_training_data(
             tokenizer=config.data.tokenizer,
             context_length=config.data.context_length,
             seed=config.seed,
-            num_streams=num_data_streams(config, data_state),
+            num_streams=num_data_streams(config, recorded_streams),
             crop_scale=(config.data.min_crop_scale, 1.0),
             shuffle_buffer=config.data.shuffle_buffer,
             resample=config.data.resample,
@@ -161,9 +181,9 @@ def open_training_data(
         raise ConfigError(f"config.data.train: {e}; set the training data with --config.data.train=SOURCE") from None
 
 
-def num_data_streams(config: ml_collections.ConfigDict, data_state: dict[str, Any] | None) -> int:
-    """config.data.num_streams; 0 means one per process of the run that started it (kept on resume)."""
-    streams = config.data.num_streams or (data_state or {}).get("fingerprint", {}).get("num_streams") or jax.process_count()
+def num_data_streams(config: ml_collections.ConfigDict, recorded_streams: int | None) -> int:
+    """config.data.num_streams; 0 means one per process of the run that started it (recorded in its checkpoints)."""
+    streams = config.data.num_streams or recorded_streams or jax.process_count()
     if streams % jax.process_count() or config.batch_size % streams:
         raise ValueError(
             f"config.data.num_streams: {streams} data streams must split over the {jax.process_count()} processes "

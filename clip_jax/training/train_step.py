@@ -1,12 +1,16 @@
 """The sharded train step: model forward, cross-device contrastive loss, optimizer update.
 
-State is a dict {'step', 'params', 'batch_stats', 'opt_state', 'extra'}; the
+State is a dict {'step', 'params', 'batch_stats', 'opt_state', 'extra', 'nonfinite'}; the
 step is one `jax.jit` with explicit shardings and the state donated. What the
 step computes is the objective's (`clip_jax.training.objectives`: the contrastive losses,
 DeCLIP): its per-example outputs come out of the model split over the batch
 axes ('data', 'fsdp'), and its loss runs in a `jax.shard_map` over those axes
 through the losses' `axis_name` forms, so every device's samples are negatives
 for every other's; 'extra' is the objective's own state (DeCLIP's text queue).
+A step whose loss, gradient or new parameters are not finite leaves the state as it
+was but for the step counter and the 'nonfinite' counts (`nonfinite`); each
+step also reports gradient and parameter norms and update ratios per tower
+(`health`), which the loop fetches on log steps.
 
 With `num_microbatches` M > 1 the step accumulates gradients without losing
 negatives: it embeds all M micro-batches without gradients, takes the loss
@@ -30,10 +34,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from clip_jax.config.validation import validate_batch_layout
 from clip_jax.inference.images import model_inputs
 from clip_jax.runtime.sharding import BATCH_AXES, activation_layout, batch_sharding, replicated
-from clip_jax.training import optim
+from clip_jax.training import health, nonfinite, optim
 from clip_jax.training.objectives import Objective, objective_class
 from clip_jax.training.objectives.flip import mask_ratios_from
-from clip_jax.training.train_state import State, compile_init, parameter_shardings, state_shardings
+from clip_jax.training.train_state import State, init_with_layout, parameter_shardings, state_shardings
 
 Batch = dict[str, jax.Array]
 # What a step hands to the log step's in-batch metrics: {"outputs": the objective's metric_outputs of the
@@ -172,16 +176,22 @@ def make_train_step(
         params = {**params, **{tower: state["params"][tower] for tower in locked}}  # bit for bit, -0.0 too
         if "logit_scale" in params:  # the contrastive losses' (caption LMs have none)
             params = {**params, "logit_scale": jnp.minimum(params["logit_scale"], max_log_scale)}
+        norms = health.norms(grads, updates, params)
+        # A non-finite step changes nothing but the step counter and the count of such steps.
+        finite = nonfinite.is_finite(loss, norms["grad_norm"], norms["param_norm"])
+        proposed = {"params": params, "opt_state": opt_state, **carried}
+        kept = nonfinite.hold_back(finite, proposed, {name: state[name] for name in proposed})
+        counters = nonfinite.count(state["nonfinite"], finite, loss)
         metrics = {
             **metrics,
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
+            **norms,
+            **nonfinite.metrics(counters),
             "learning_rate": schedule(state["step"]),
-            **({"logit_scale": jnp.exp(params["logit_scale"])} if "logit_scale" in params else {}),
-            **({"logit_bias": params["logit_bias"]} if "logit_bias" in params else {}),
+            **({"logit_scale": jnp.exp(kept["params"]["logit_scale"])} if "logit_scale" in params else {}),
+            **({"logit_bias": kept["params"]["logit_bias"]} if "logit_bias" in params else {}),
         }
-        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, **carried}
+        new_state = {"step": state["step"] + 1, **kept, "nonfinite": counters}
         return new_state, metrics, step_probe
 
     return train_step
@@ -200,6 +210,25 @@ def jit_train_step(
     )
 
 
+class TrainingPlan(NamedTuple):
+    """Everything a run's train steps are made of, before any step is compiled."""
+
+    mesh: Mesh
+    optimizer: optax.GradientTransformation
+    # FLIP's mask ratio -> the objective that masks with it, one for each ratio the run's steps use
+    objectives: dict[float, Objective]
+    init: Callable[[jax.Array], State]  # rng -> fresh state, laid out (jitted: compiles on its first call)
+    abstract_state: State  # ShapeDtypeStructs with shardings: the restore target
+    abstract_batch: Batch  # ShapeDtypeStructs with shardings of a global batch
+
+    def jitted_step(self, mask_ratio: float) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
+        """The jitted train step of `mask_ratio`'s objective; lower it under `activation_layout(plan.mesh)`."""
+        objective = self.objectives[mask_ratio]
+        schedule = optim.learning_rate_schedule(objective.config)
+        step_fn = make_train_step(objective, self.mesh, self.optimizer, schedule)
+        return jit_train_step(step_fn, state_shardings(self.abstract_state), self.mesh)
+
+
 class CompiledTraining(NamedTuple):
     """What a training run compiles before its first step."""
 
@@ -216,28 +245,13 @@ class CompiledTraining(NamedTuple):
         return next(iter(self.steps.values()))
 
 
-def compile_step(
-    objective: Objective,
-    optimizer: optax.GradientTransformation,
-    mesh: Mesh,
-    abstract_state: State,
-    abstract_batch: Batch,
-) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array], Probe]]:
-    """The compiled train step of `objective` for `abstract_state` / `abstract_batch`."""
-    schedule = optim.learning_rate_schedule(objective.config)
-    step_fn = jit_train_step(make_train_step(objective, mesh, optimizer, schedule), state_shardings(abstract_state), mesh)
-    with activation_layout(mesh):  # the model's `constrain` calls pin activations while tracing
-        lowered = step_fn.lower(abstract_state, abstract_batch)
-    return lowered.compile()
-
-
-def compile_training(
+def plan_training(
     model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array, start_step: int = 0
-) -> CompiledTraining:
-    """Lays out the state over `mesh` and compiles init and the train steps for config.batch_size.
+) -> TrainingPlan:
+    """Checks the model and the batch layout, builds the optimizer and the objectives once, and lays out the
+    state and a batch of config.batch_size over `mesh` (nothing compiled or allocated).
 
-    One step is compiled for each FLIP mask ratio the steps from `start_step` to config.total_steps use
-    (FLIP's unmasked tuning is a program of its own), so the loop never compiles.
+    One objective is made for each FLIP mask ratio the steps from `start_step` to config.total_steps use.
     """
     method = objective_class(config)
     validate_batch_layout(config, mesh.shape["data"] * mesh.shape["fsdp"])
@@ -245,13 +259,22 @@ def compile_training(
     optimizer = optim.make_optimizer(config, method.locked_towers(config))
     objectives = {ratio: method(model, config, ratio) for ratio in mask_ratios_from(config, start_step)}
     objective = next(iter(objectives.values()))
-    init, abstract_state = compile_init(objective, optimizer, parameter_shardings(objective, mesh), mesh, rng)
+    init, abstract_state = init_with_layout(objective, optimizer, parameter_shardings(objective, mesh), mesh, rng)
     batch = batch_sharding(mesh)
     abstract_batch = {
         name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch) for name, (shape, dtype) in objective.batch_shapes().items()
     }
-    steps = {
-        ratio: compile_step(objective, optimizer, mesh, abstract_state, abstract_batch)
-        for ratio, objective in objectives.items()
-    }
-    return CompiledTraining(init, abstract_state, steps, abstract_batch, global_metrics_fn(objective, mesh))
+    return TrainingPlan(mesh, optimizer, objectives, init, abstract_state, abstract_batch)
+
+
+def compile_training(
+    model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh, rng: jax.Array, start_step: int = 0
+) -> CompiledTraining:
+    """The plan's init and one compiled step for each of its FLIP mask ratios, so the loop never compiles."""
+    plan = plan_training(model, config, mesh, rng, start_step)
+    steps = {}
+    for ratio in plan.objectives:
+        with activation_layout(mesh):  # the model's `constrain` calls pin activations while tracing
+            steps[ratio] = plan.jitted_step(ratio).lower(plan.abstract_state, plan.abstract_batch).compile()
+    metrics = global_metrics_fn(next(iter(plan.objectives.values())), mesh)
+    return CompiledTraining(plan.init, plan.abstract_state, steps, plan.abstract_batch, metrics)

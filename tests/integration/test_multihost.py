@@ -5,6 +5,8 @@ Runs, shared by the tests (module fixtures):
   killed:   2 processes, SIGKILL to both once checkpoint 10 exists, then 2 processes again to 15.
   one:      1 process x 8 devices, 15 steps, uninterrupted.
   elastic:  the killed run's step-10 checkpoint resumed by 1 process x 8 devices.
+  damaged:  a copy of `two` with checkpoints 15 and 10 damaged, resumed by 2 processes.
+  diverged: 2 processes driven to NaN (test_long_runs.DIVERGING).
 Every run reads 2 data streams (config.data.num_streams=2), so every global
 batch is the same examples in the same order whatever the process count, and
 every run shards parameters and optimizer state over all 8 devices (mesh
@@ -30,6 +32,7 @@ from runs import (
     TIMEOUT_S, checkpoint_steps, final_params, losses, main_command, records, start_cluster, wait_cluster,
     wait_for_checkpoint,
 )
+from test_long_runs import DIVERGING, assert_diverged_run, truncate_largest_file
 
 STEPS = 15
 OVERRIDES = (
@@ -108,6 +111,30 @@ def test_sentencepiece_vocabulary_sets_the_text_tower(two):
     assert metadata["overrides"]["text"]["vocab_size"] == 60 and metadata["overrides"]["text"]["pool_type"] == "last"
     assert params["text"]["token_embedding"]["embedding"].shape == (60, 128)
     assert np.isfinite(list(losses(two[0]).values())).all()
+
+
+def test_two_processes_resume_past_damaged_checkpoints(multihost_config, two, tmp_path):
+    """Checkpoint 15 with a truncated data file (a part that only one process may read: FSDP splits every
+    parameter over both) and 10 without its train item: the processes agree, set both aside, resume from 5
+    and end where the undamaged run ended, bit for bit."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two[0], workdir)
+    truncate_largest_file(os.path.join(workdir, "checkpoints", "15", "variables"))
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "10", "train"))
+    for log in run(multihost_config, workdir, 2):
+        assert "kept as 15.damaged" in log and "kept as 10.damaged" in log and "resumed from step 5" in log
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir)[0], final_params(two[0])[0])
+
+
+def test_two_processes_end_together_when_training_diverges(multihost_config, tmp_path):
+    """Both processes count the same non-finite steps (the step's counts are replicated) and end with the
+    same line at the same step; the checkpoints are the newest three before the divergence."""
+    workdir = str(tmp_path / "run")
+    codes, logs = wait_cluster(*start(multihost_config, workdir, 2, *DIVERGING, "--config.total_steps=40"))
+    assert codes == [1, 1], logs[0][-3000:]
+    lines = [[line.split("error: ", 1)[1] for line in log.splitlines() if "training diverged" in line] for log in logs]
+    assert len(lines[0]) == 1 and lines[0] == lines[1]
+    assert_diverged_run(workdir, logs[0])
 
 
 def test_resume_after_sigkill_is_bit_identical(two, killed):

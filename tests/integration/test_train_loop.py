@@ -19,8 +19,13 @@ def test_run_logs_metrics_checkpoints_and_evals(trained_run):
     logged = records(workdir)
     train = [r for r in logged if "loss" in r]
     assert [r["step"] for r in train] == list(range(5, 41, 5))
-    for key in ("loss", "learning_rate", "logit_scale", "grad_norm", "i2t_top1", "samples_per_second", "step_time"):
+    health = [f"{kind}/{tower}" for kind in ("grad_norm", "param_norm", "update_ratio") for tower in ("image", "text", "heads")]
+    for key in ("loss", "learning_rate", "logit_scale", "grad_norm", "i2t_top1", "samples_per_second", "step_time", *health):
         assert all(np.isfinite(r[key]) for r in train), key
+    for kind in ("grad_norm", "param_norm"):  # the towers' norms make up the global one
+        assert all(np.isclose(r[kind] ** 2, sum(r[f"{kind}/{t}"] ** 2 for t in ("image", "text", "heads")), rtol=1e-5)
+                   for r in train), kind
+    assert all(0 < r["update_ratio/image"] < 1e-2 and r["train/nonfinite_steps"] == 0 for r in train)
     assert train[-1]["loss"] < train[0]["loss"]
     evals = [r for r in logged if "shapes_heldout/top1" in r]
     assert [r["step"] for r in evals] == [40]
@@ -33,19 +38,24 @@ def test_run_logs_metrics_checkpoints_and_evals(trained_run):
     assert metadata["model"] == "ViT-Tiny-8" and metadata["overrides"]["text"]["layers"] == 1
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(config_file, trained_run, tmp_path):
+def test_sigkill_during_an_async_save_resumes_and_matches_the_uninterrupted_run(config_file, trained_run, tmp_path):
+    """Killed while the asynchronous save of step 10 (~80 MB with Adam's moments) is in flight, its temporary
+    directory on disk: the resume starts from step 5, the newest committed, and ends bit for bit where the
+    uninterrupted run ended."""
     workdir = str(tmp_path / "killed")
     process = subprocess.Popen(
         main_command(config_file, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
     )
-    checkpoint = os.path.join(workdir, "checkpoints", "10")
-    deadline = time.time() + 300
-    while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    deadline, in_flight = time.time() + 300, []
+    while not in_flight and process.poll() is None and time.time() < deadline:
+        if checkpoint_steps(workdir) == [5]:
+            in_flight = [d for d in os.listdir(checkpoints) if d.startswith("10.") and "tmp" in d]
+        time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert 10 <= max(checkpoint_steps(workdir)) < 40
-    run_main(config_file, workdir)
+    assert in_flight and checkpoint_steps(workdir) == [5], (in_flight, os.listdir(checkpoints))
+    assert "resumed from step 5" in run_main(config_file, workdir).stderr
     resumed, _ = final_params(workdir)
     expected, _ = final_params(trained_run[0])
     jax.tree.map(np.testing.assert_array_equal, resumed, expected)
