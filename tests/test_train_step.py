@@ -225,11 +225,11 @@ def test_tensor_parallel_step_equals_single_device(single_device_run, model_name
     block = params["text"]["transformer"]["resblocks_0"]
     assert block["mlp"]["c_fc"]["kernel"].spec == P("fsdp", "tensor")
     assert block["mlp"]["c_proj"]["kernel"].spec == P("tensor", "fsdp")
-    assert block["attn"]["query"]["kernel"].spec == P("fsdp", "tensor")  # [D, H, Dh]: head_dim whole
+    assert block["attn"]["query"]["kernel"].spec == P("fsdp", "tensor", None)  # [D, H, Dh]: head_dim whole
     assert block["attn"]["out"]["kernel"].spec == P("tensor", None, "fsdp")
     if model_name == "siglip":
         head = params["visual"]["attn_pool"]
-        assert head["attn"]["key"]["kernel"].spec == P("fsdp", "tensor") and "logit_bias" in run[1][0]
+        assert head["attn"]["key"]["kernel"].spec == P("fsdp", "tensor", None) and "logit_bias" in run[1][0]
 
 
 def test_activations_follow_the_rules_only_under_the_train_steps_layout():
