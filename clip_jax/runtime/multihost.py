@@ -100,10 +100,18 @@ def exit_on_failure(fn: Callable[[], T]) -> T:
 
 
 def _exit_now(message: str = "") -> NoReturn:
+    """Flushes the logs, points stdout and stderr at /dev/null so that no other thread's output (a
+    traceback of a save the error interrupted, say) can follow, then writes `message` on a line of its own
+    on the saved stderr (after a newline: another thread may have left a line unfinished) and exits with
+    status 1."""
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
-    if message:
-        print(message, file=sys.stderr)
     sys.stderr.flush()
+    stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    if message:
+        os.write(stderr, f"\n{message}\n".encode())
     os._exit(1)

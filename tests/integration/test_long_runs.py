@@ -91,7 +91,7 @@ def test_a_full_disk_ends_the_run_and_keeps_the_checkpoints(config_file, trained
                             text=True, cwd=REPO, timeout=TIMEOUT_S, preexec_fn=limit_file_size)
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.rstrip().splitlines()[-1]
-    assert last.startswith(f"error: cannot write checkpoints to {workdir}/checkpoints: ") and "File too large" in last, last
+    assert last.startswith(f"error: cannot write checkpoints to {workdir}/checkpoints: ") and "File too large" in last, result.stderr[-3000:]
     assert "the checkpoints already there (30, 35, 40) are as they were" in last
     assert checkpoint_steps(workdir) == [30, 35, 40]
     for step in (30, 35, 40):
