@@ -7,8 +7,9 @@ r"""Evaluates a model on standard or own data sets from the command line, sharde
     python -m clip_jax.evaluate --model ViT-B-32.pt --model_name ViT-B-32-quickgelu --dataset tfds:cifar10:test
 
 --model is a training run's workdir (its newest checkpoint), a weights
-directory (clip_jax.import_weights) or a PyTorch checkpoint file with
---model_name. Zero-shot sets with shipped metadata (clip_jax.evaluation.benchmarks,
+directory (clip_jax.import_weights), a transformers CLIPModel / SiglipModel
+directory, a big_vision SigLIP .npz (with --tokenizer: it holds none) or a
+PyTorch checkpoint file with --model_name. Zero-shot sets with shipped metadata (clip_jax.evaluation.benchmarks,
 keyed by TFDS name) need no class names. Every process of a multi-process job
 runs this with the same flags (plus --coordinator_address etc. where JAX
 cannot detect the cluster); each decodes its share of every set, and all get
@@ -49,8 +50,11 @@ from clip_jax.models import CLIP
 from clip_jax.runtime import multihost, paths, sharding
 from clip_jax.runtime.cli import initialize_distributed, setup_logging
 
-_MODEL = flags.DEFINE_string("model", None, "Run workdir, weights directory, or PyTorch checkpoint file.")
+_MODEL = flags.DEFINE_string(
+    "model", None, "Run workdir, weights directory, transformers model directory, big_vision .npz or PyTorch file."
+)
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "clip_jax model name of a PyTorch checkpoint file.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer spec (default: the one the weights name, else 'clip').")
 _DATASETS = flags.DEFINE_multi_string("dataset", [], "Data source string (tfds:NAME:SPLIT, csv:PATH, ...); repeatable.")
 _TASK = flags.DEFINE_enum("task", "zeroshot", ["zeroshot", "retrieval", "linear_probe"], "Eval type of every --dataset.")
 _CLASSNAMES = flags.DEFINE_string("classnames", None, "Zero-shot: a text file with one class name per line.")
@@ -134,7 +138,7 @@ def main(argv: list[str]) -> None:
     }
     try:
         evals = _CONFIG.value.evals if _CONFIG.value else eval_specs(_DATASETS.value, _TASK.value, options)
-        tokenizer = _CONFIG.value.data.tokenizer if _CONFIG.value else None
+        tokenizer = _TOKENIZER.value or (_CONFIG.value.data.tokenizer if _CONFIG.value else None)
         records = multihost.exit_on_failure(lambda: _run(evals, tokenizer))
     except (ConfigError, ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
@@ -147,7 +151,10 @@ def main(argv: list[str]) -> None:
 
 def _run(evals: ml_collections.ConfigDict, tokenizer: str | None) -> list[dict[str, Any]]:
     model, variables, metadata = load_weights(_MODEL.value, model=_MODEL_NAME.value, dtype=default_dtype())
-    config = eval_config(tokenizer or metadata.get("tokenizer", "clip"), model.text.context_length, evals)
+    spec = tokenizer or metadata.get("tokenizer", "clip")
+    if spec is None:
+        raise ValueError(f"{_MODEL.value} comes without a tokenizer (a big_vision .npz has none): pass --tokenizer")
+    config = eval_config(spec, model.text.context_length, evals)
     return evaluate(model, variables, config, model_name=metadata["model"], pretrained=_MODEL.value)
 
 

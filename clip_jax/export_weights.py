@@ -1,9 +1,19 @@
-r"""Exports clip_jax weights as an open_clip state dict (.safetensors, .pt or .npz).
+r"""Exports clip_jax weights as an open_clip state dict (.safetensors, .pt or .npz) or a transformers model.
 
     python -m clip_jax.export_weights /path/weights_or_workdir out.safetensors
+    python -m clip_jax.export_weights /path/weights_or_workdir OUT_DIR --format transformers
 
-DIR is a weights directory (import_weights, `weights.save_variables`) or a
-training run's workdir (its newest checkpoint). The output (a local path or
+With `--format transformers`, OUT_DIR becomes a `save_pretrained` directory
+(config.json, model.safetensors and the tokenizer's files where the vocabulary
+has a transformers tokenizer: CLIP's BPE, or the files of the directory the
+weights came from) that `CLIPModel.from_pretrained(OUT_DIR)` or
+`SiglipModel.from_pretrained(OUT_DIR)` loads (`weights.hf_clip`). A model
+transformers has no class for (a ModifiedResNet tower, CLIP-Lite's critics,
+DeCLIP's heads) ends with one line naming the part.
+
+DIR is a weights directory (import_weights, `weights.save_variables`), a
+training run's workdir (its newest checkpoint), or any source `clip_jax.load`
+reads (`weights.sources`). The output (a local path or
 gs://...) holds `convert.to_torch_state_dict`: open_clip's names, layouts and
 buffers, float32 unless --dtype says otherwise (bfloat16 has no numpy form in
 safetensors or .npz). It prints the open_clip model to create and how to load
@@ -14,13 +24,17 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 
 import numpy as np
 
 from clip_jax.models import create_model
+from clip_jax.models.architectures import model_from_spec, model_spec
 from clip_jax.runtime import paths
+from clip_jax.tokenizers.pretrained_dir import copy_tokenizer_files, write_clip_tokenizer_files
+from clip_jax.weights import hf_clip
 from clip_jax.weights.open_clip import open_clip_name, to_torch_state_dict
-from clip_jax.weights.storage import load_variables
+from clip_jax.weights.sources import read_weights
 
 FORMATS = (".safetensors", ".pt", ".npz")
 # How PyTorch reads each format back, for the printed instructions.
@@ -60,7 +74,7 @@ def export_weights(directory: str, output: str, dtype: str = "float32", name: st
     name: the open_clip model name to print (default: `convert.open_clip_name` of the saved model).
     """
     suffix = _format(output)
-    variables, metadata = load_variables(directory)
+    variables, metadata = read_weights(directory)
     overrides = metadata.get("overrides", {})
     model = create_model(metadata["model"], **overrides)
     state_dict = to_torch_state_dict(variables, model, np.dtype(dtype))
@@ -82,17 +96,54 @@ def export_weights(directory: str, output: str, dtype: str = "float32", name: st
     )
 
 
+def export_transformers(directory: str, output: str, dtype: str = "float32") -> str:
+    """Writes the weights in `directory` to `output` as a transformers save_pretrained directory; returns how to
+    load it. Raises hf_clip.UnsupportedPart naming a part transformers has no class for."""
+    from safetensors.numpy import save
+
+    variables, metadata = read_weights(directory)
+    spec = model_spec(metadata["model"], **metadata.get("overrides", {}))
+    model = model_from_spec(spec)
+    family = hf_clip.family_of_model(model)
+    state_dict = hf_clip.to_transformers(variables, model, np.dtype(dtype))
+    config = hf_clip.config_from_spec(spec, family, **(metadata.get("token_ids") or hf_clip.token_ids(spec, family)))
+    path = paths.resolve(output)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({**config, "dtype": dtype}, indent=2) + "\n")
+    (path / "model.safetensors").write_bytes(save(state_dict, metadata={"format": "pt"}))
+    tokenizer = metadata.get("tokenizer", "clip")
+    if tokenizer == "clip":
+        write_clip_tokenizer_files(str(path), spec.text.context_length)
+        note = "with CLIP's tokenizer files"
+    elif tokenizer and tokenizer.startswith("hf:"):
+        copy_tokenizer_files(tokenizer.removeprefix("hf:"), str(path))
+        note = "with the tokenizer files of the directory the weights came from"
+    else:
+        note = f"without tokenizer files: the vocabulary ({tokenizer}) has no transformers tokenizer"
+    return f"transformers.{hf_clip.ARCHITECTURES[family]}.from_pretrained({output!r}) loads it ({note})"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", help="weights directory (import_weights output) or a training run's workdir")
-    parser.add_argument("output", help=f"output file ending in {', '.join(FORMATS)} (local or gs://)")
+    parser.add_argument(
+        "output", help=f"output file ending in {', '.join(FORMATS)} (local or gs://); with --format transformers a directory"
+    )
+    parser.add_argument(
+        "--format", choices=("open_clip", "transformers"), default="open_clip",
+        help="open_clip: a state dict file (default); transformers: a CLIPModel / SiglipModel directory",
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="dtype of the tensors")
     parser.add_argument("--open-clip-name", help="open_clip model name to print (default: the saved model's)")
     args = parser.parse_args(argv)
     try:
-        how = export_weights(args.directory, args.output, args.dtype, args.open_clip_name)
+        if args.format == "transformers":
+            how = export_transformers(args.directory, args.output, args.dtype)
+        else:
+            how = export_weights(args.directory, args.output, args.dtype, args.open_clip_name)
     except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     print(f"wrote {args.output}: {how}")
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax.weights.open_clip import ConversionError, from_torch_state_dict
+from clip_jax.weights.open_clip import from_torch_state_dict
+from clip_jax.weights.torch_layout import ConversionError
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "vit_small.npz")
 
@@ -55,7 +56,7 @@ def test_openai_weights_warn_on_gelu_model_only(fixture):
     gelu = clip_jax.create_model(spec["name"], **spec["overrides"])
     with pytest.warns(UserWarning, match="quickgelu"):
         from_torch_state_dict(openai, gelu)
-    quick = clip_jax.create_model(spec["name"], **{**spec["overrides"], "quick_gelu": True})
+    quick = clip_jax.create_model(spec["name"], **{**spec["overrides"], "activation": "quick_gelu"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         from_torch_state_dict(openai, quick)

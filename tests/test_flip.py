@@ -14,7 +14,7 @@ from clip_jax.models.vit import VisionTransformer, gather_patch_tokens, num_kept
 from clip_jax.runtime import sharding
 from clip_jax.training import train_step
 from clip_jax.training.objectives import flip, make_objective
-from clip_jax.weights.open_clip import stack_layers
+from clip_jax.weights.torch_layout import stack_layers
 
 BATCH = 8
 SMALL = dict(embed_dim=32, vision=dict(width=64, layers=1, head_width=32), text=dict(width=64, heads=2, layers=1))

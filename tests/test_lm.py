@@ -16,7 +16,7 @@ from clip_jax import lm
 from clip_jax.lm.presets import param_shapes
 from clip_jax.runtime import sharding
 from clip_jax.weights.hf_lm import from_hf_state_dict
-from clip_jax.weights.open_clip import ConversionError
+from clip_jax.weights.torch_layout import ConversionError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 FIXTURE_NAMES = {"gpt2-tiny": "hf_gpt2_tiny", "gpt-j-tiny": "hf_gptj_tiny"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import clip_jax
-from clip_jax.weights.open_clip import stack_layers, unstack_layers
+from clip_jax.weights.torch_layout import stack_layers, unstack_layers
 
 # Parameter counts of open_clip's models (sum of numel over model.parameters()).
 OPEN_CLIP_PARAMETER_COUNTS = {
@@ -40,8 +40,8 @@ def test_list_models_has_every_openai_architecture_in_both_activations():
     names = clip_jax.list_models()
     for name in OPENAI:
         assert name in names and f"{name}-quickgelu" in names
-        assert not clip_jax.create_model(name).text.quick_gelu
-        assert clip_jax.create_model(f"{name}-quickgelu").text.quick_gelu
+        assert clip_jax.create_model(name).text.activation == "gelu"
+        assert clip_jax.create_model(f"{name}-quickgelu").text.activation == "quick_gelu"
 
 
 @pytest.mark.parametrize("name", sorted(OPEN_CLIP_PARAMETER_COUNTS))

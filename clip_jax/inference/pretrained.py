@@ -1,6 +1,8 @@
 """Using a trained model: load it, embed images and texts, classify zero-shot.
 
     clip = clip_jax.load("runs/vit_b32")             # a run's workdir, imported weights, a .pt, or a model name
+    clip = clip_jax.load("siglip-base-patch16-224")  # a transformers CLIPModel / SiglipModel directory
+    clip = clip_jax.load("webli_en_b16_224.npz")     # a big_vision SigLIP checkpoint
     classify = clip.zero_shot_classifier(["a cat", "a dog"], templates="simple")
     probs = classify([PIL.Image.open("cat.jpg")])    # [1, 2]
 
@@ -34,6 +36,8 @@ from clip_jax.runtime import paths
 from clip_jax.tokenizers import get_tokenizer
 from clip_jax.weights import storage as weights
 from clip_jax.weights.open_clip import from_torch_state_dict, is_openai_state_dict
+from clip_jax.weights.sources import read_weights
+from clip_jax.weights.torch_layout import in_layout_of
 
 log = logging.getLogger("clip_jax.inference.pretrained")
 
@@ -54,7 +58,7 @@ class Pretrained:
     model: CLIP
     variables: dict[str, Any]
     preprocess: ImagePreprocess
-    tokenizer: Callable[[list[str]], np.ndarray]
+    tokenizer: Callable[[list[str]], np.ndarray] | None
     batch_size: int = 256
     _towers: dict[str, Callable[..., jax.Array]] = dataclasses.field(init=False, repr=False)
 
@@ -76,7 +80,7 @@ class Pretrained:
 
     def encode_text(self, texts: Texts, normalize: bool = False) -> np.ndarray:
         """Strings (or int32 tokens [N, L]) -> float32 [N, E] (L2-normalized when `normalize`)."""
-        tokens = texts if isinstance(texts, np.ndarray) else self.tokenizer(list(texts))
+        tokens = texts if isinstance(texts, np.ndarray) else self._tokenize(list(texts))
         vocab_size = self.model.text.vocab_size
         if tokens.size and tokens.max() >= vocab_size:
             raise ValueError(
@@ -98,7 +102,7 @@ class Pretrained:
         """
         classes = zeroshot_classifier(
             lambda tokens: self._encode("text", tokens, False),
-            self.tokenizer,
+            self._tokenize,
             list(classnames),
             get_templates(templates),
             batch_size=self.batch_size,
@@ -114,6 +118,14 @@ class Pretrained:
             return np.asarray(jax.nn.softmax(logits, axis=-1))
 
         return classify
+
+    def _tokenize(self, texts: list[str]) -> np.ndarray:
+        if self.tokenizer is None:
+            raise ValueError(
+                "these weights come without a tokenizer (a big_vision .npz has none): give token ids [N, L] "
+                "or load(..., tokenizer=SPEC), e.g. 'sentencepiece:/path/spm.model' or 'hf:/path/to/model_dir'"
+            )
+        return self.tokenizer(texts)
 
     def _encode(self, tower: str, rows: np.ndarray, normalize: bool) -> np.ndarray:
         """rows [N, ...] through one tower in batches of a power of two <= batch_size -> float32 [N, E]."""
@@ -138,6 +150,7 @@ def load(
     dtype: str | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    tokenizer: str | None = None,
     **overrides: Any,
 ) -> Pretrained:
     """A model ready for inference, from wherever its weights are.
@@ -145,6 +158,8 @@ def load(
     name_or_path, model, seed and overrides: as `load_weights`.
     dtype: the towers' compute dtype; None: `default_dtype()`.
     batch_size: the largest batch an encoder runs at once.
+    tokenizer: a `get_tokenizer` spec; None: the one the weights name (CLIP's BPE where they name none;
+      a big_vision .npz has none: texts then need this, or come as token ids).
     """
     clip_model, variables, metadata = load_weights(
         name_or_path, model=model, seed=seed, dtype=dtype or default_dtype(), **overrides
@@ -153,9 +168,10 @@ def load(
         kind = metadata.get("kind")
         hint = "clip_jax.load_captioner captions images with it" if kind == "limber" else "it has no image tower"
         raise ValueError(f"load({name_or_path!r}): a {kind!r} model, not a CLIP; {hint}")
-    tokenizer = get_tokenizer(metadata.get("tokenizer", "clip"), clip_model.text.context_length)
+    spec = tokenizer or metadata.get("tokenizer", "clip")
+    texts = None if spec is None else get_tokenizer(spec, clip_model.text.context_length)
     preprocess = ImagePreprocess(clip_model.visual.image_size)
-    return Pretrained(clip_model, jax.device_put(variables), preprocess, tokenizer, batch_size)
+    return Pretrained(clip_model, jax.device_put(variables), preprocess, texts, batch_size)
 
 
 def load_weights(
@@ -167,15 +183,21 @@ def load_weights(
       a training run's workdir (its newest checkpoint) or a weights directory
         (`python -m clip_jax.import_weights`): the model rebuilds itself from
         the checkpoint's metadata ("model", "overrides", "tokenizer");
+      a transformers CLIPModel / SiglipModel `save_pretrained` directory or a
+        big_vision SigLIP .npz: converted on the fly, the model built from its
+        config.json or its arrays' shapes (`weights.sources`);
       a PyTorch/open_clip checkpoint file (.pt, .bin, .safetensors, .npz):
         converted on the fly; `model` names the clip_jax model it holds;
       a model name (clip_jax.list_models()): random weights from `seed`,
         for trying the API out.
     overrides: create_model overrides on top of the saved ones.
     """
-    if paths.resolve(name_or_path).is_dir():
-        variables, metadata = weights.load_variables(name_or_path)
-        return weights.model_from_metadata(metadata, **overrides), variables, metadata
+    if paths.resolve(name_or_path).is_dir() or (name_or_path.endswith(".npz") and model is None):
+        variables, metadata = read_weights(name_or_path)
+        clip_model = weights.model_from_metadata(metadata, **overrides)
+        if isinstance(clip_model, CLIP):  # overrides may ask for the other layer layout (scan_layers)
+            variables = in_layout_of(variables, clip_model)
+        return clip_model, variables, metadata
     if name_or_path.endswith(_TORCH_FILES):
         if model is None:
             raise ValueError(f"load({name_or_path!r}): a PyTorch checkpoint file needs model=NAME (e.g. 'ViT-B-32')")

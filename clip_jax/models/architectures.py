@@ -69,7 +69,7 @@ class ModelSpec:
     embed_dim: int
     vision: VisionSpec
     text: TextSpec
-    quick_gelu: bool = False
+    activation: str = "gelu"  # of the MLPs: "gelu" (exact), "quick_gelu" (OpenAI's) or "gelu_tanh" (big_vision's)
     init_logit_scale: float = CLIP.init_logit_scale
     init_logit_bias: float | None = None
     dtype: Any = jnp.float32
@@ -135,8 +135,8 @@ _SMALL = {
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     **{name: spec for table in (_OPENAI, _LAION, _SIGLIP, _SMALL) for name, spec in table.items()},
-    **{f"{name}-quickgelu": dataclasses.replace(spec, quick_gelu=True) for name, spec in _OPENAI.items()},
-    **{f"{name}-quickgelu": dataclasses.replace(_LAION[name], quick_gelu=True) for name in _LAION_QUICKGELU},
+    **{f"{name}-quickgelu": dataclasses.replace(spec, activation="quick_gelu") for name, spec in _OPENAI.items()},
+    **{f"{name}-quickgelu": dataclasses.replace(_LAION[name], activation="quick_gelu") for name in _LAION_QUICKGELU},
 }
 # The names open_clip has too (with the same state dict layout): all but the small test sizes.
 OPEN_CLIP_NAMES = tuple(name for name in MODEL_SPECS if name not in _SMALL)
@@ -189,7 +189,7 @@ def model_from_spec(spec: ModelSpec) -> CLIP:
             heads=v.width // v.head_width,
             output_dim=spec.embed_dim,
             mlp_ratio=v.mlp_ratio,
-            quick_gelu=spec.quick_gelu,
+            activation=spec.activation,
             class_token=v.class_token,
             pre_norm=v.pre_norm,
             patch_bias=v.patch_bias,
@@ -207,7 +207,7 @@ def model_from_spec(spec: ModelSpec) -> CLIP:
         heads=t.heads,
         output_dim=spec.embed_dim,
         mlp_ratio=t.mlp_ratio,
-        quick_gelu=spec.quick_gelu,
+        activation=spec.activation,
         pool_type=t.pool_type,
         causal=t.causal,
         proj_bias=t.proj_bias,
@@ -231,7 +231,7 @@ def model_from_spec(spec: ModelSpec) -> CLIP:
 def create_model(name: str, **overrides: Any) -> CLIP:
     """A linen CLIP module by name, e.g. create_model("ViT-B-32", dtype=jnp.bfloat16, scan_layers=True).
 
-    Top-level overrides: embed_dim, quick_gelu, init_logit_scale,
+    Top-level overrides: embed_dim, activation, init_logit_scale,
     init_logit_bias, dtype (compute; parameters stay float32), remat_policy
     ('none' | 'full' | 'dots' | 'dots_no_batch'), scan_layers, critic_dim
     (CLIP-Lite's critic heads of that width on both towers),

@@ -65,8 +65,21 @@ def exact_gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
 
 
-def activation(quick: bool) -> Callable[[jax.Array], jax.Array]:
-    return quick_gelu if quick else exact_gelu
+def tanh_gelu(x: jax.Array) -> jax.Array:
+    """The tanh approximation of GELU: big_vision's (flax's `nn.gelu`) and transformers' `gelu_pytorch_tanh`."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": exact_gelu, "quick_gelu": quick_gelu, "gelu_tanh": tanh_gelu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The MLP activation called `name` (a key of ACTIVATIONS)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
 
 
 class Embed(nn.Module):
@@ -157,12 +170,12 @@ class MultiHeadAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """c_fc (mlp_ratio x width) -> GELU or QuickGELU -> c_proj. [B, L, D] -> [B, L, D]."""
+    """c_fc (mlp_ratio x width) -> `activation` (ACTIVATIONS) -> c_proj. [B, L, D] -> [B, L, D]."""
 
     hidden: int
     fc_std: float
     proj_std: float
-    quick_gelu: bool = False
+    activation: str = "gelu"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -176,7 +189,7 @@ class Mlp(nn.Module):
             bias_init=param_with_axes(nn.initializers.zeros, ("mlp",)),
             name="c_fc",
         )(x)
-        h = constrain(activation(self.quick_gelu)(h), ("batch", "length", "mlp"))
+        h = constrain(activation(self.activation)(h), ("batch", "length", "mlp"))
         return nn.Dense(
             width,
             dtype=self.dtype,
@@ -201,7 +214,7 @@ class ResidualAttentionBlock(nn.Module):
     heads: int
     layers: int
     mlp_ratio: float = 4.0
-    quick_gelu: bool = False
+    activation: str = "gelu"
     causal: bool = False
     ln_eps: float = LN_EPS
     dtype: Dtype = jnp.float32
@@ -222,7 +235,7 @@ class ResidualAttentionBlock(nn.Module):
             int(width * self.mlp_ratio),
             fc_std=(2 * width) ** -0.5,
             proj_std=proj_std,
-            quick_gelu=self.quick_gelu,
+            activation=self.activation,
             dtype=self.dtype,
             name="mlp",
         )(h)
@@ -250,7 +263,7 @@ class Transformer(nn.Module):
     layers: int
     heads: int
     mlp_ratio: float = 4.0
-    quick_gelu: bool = False
+    activation: str = "gelu"
     causal: bool = False
     ln_eps: float = LN_EPS
     dtype: Dtype = jnp.float32
@@ -268,7 +281,7 @@ class Transformer(nn.Module):
             heads=self.heads,
             layers=self.layers,
             mlp_ratio=self.mlp_ratio,
-            quick_gelu=self.quick_gelu,
+            activation=self.activation,
             causal=self.causal,
             ln_eps=self.ln_eps,
             dtype=self.dtype,

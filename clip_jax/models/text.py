@@ -32,7 +32,7 @@ class TextTransformer(nn.Module):
     heads: int
     output_dim: int
     mlp_ratio: float = 4.0
-    quick_gelu: bool = False
+    activation: str = "gelu"
     pool_type: str = "argmax"
     causal: bool = True
     proj_bias: bool = False
@@ -66,7 +66,7 @@ class TextTransformer(nn.Module):
             self.layers,
             self.heads,
             mlp_ratio=self.mlp_ratio,
-            quick_gelu=self.quick_gelu,
+            activation=self.activation,
             causal=self.causal,
             ln_eps=self.ln_eps,
             dtype=self.dtype,

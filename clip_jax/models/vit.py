@@ -49,7 +49,7 @@ class MapHead(nn.Module):
 
     heads: int
     mlp_ratio: float = 4.0
-    quick_gelu: bool = False
+    activation: str = "gelu"
     ln_eps: float = LN_EPS
     dtype: Dtype = jnp.float32
 
@@ -63,7 +63,7 @@ class MapHead(nn.Module):
             int(width * self.mlp_ratio),
             fc_std=(2 * width) ** -0.5,
             proj_std=width**-0.5,
-            quick_gelu=self.quick_gelu,
+            activation=self.activation,
             dtype=self.dtype,
             name="mlp",
         )(LayerNorm(self.dtype, self.ln_eps, name="norm")(y))
@@ -98,7 +98,7 @@ class VisionTransformer(nn.Module):
     heads: int
     output_dim: int
     mlp_ratio: float = 4.0
-    quick_gelu: bool = False
+    activation: str = "gelu"
     class_token: bool = True
     pre_norm: bool = True
     patch_bias: bool = False
@@ -169,7 +169,7 @@ class VisionTransformer(nn.Module):
             self.layers,
             self.heads,
             mlp_ratio=self.mlp_ratio,
-            quick_gelu=self.quick_gelu,
+            activation=self.activation,
             ln_eps=self.ln_eps,
             dtype=self.dtype,
             remat_policy=self.remat_policy,
@@ -180,7 +180,7 @@ class VisionTransformer(nn.Module):
         if grid:  # LayerNorm is per token: ln_post of the patch tokens alone equals that of all tokens, sliced
             return ln_post(x[:, num_prefix:]).astype(jnp.float32)  # [B, N, D]
         if self.pool == "map":  # timm drops the prefix tokens before the head
-            head = MapHead(self.heads, self.mlp_ratio, self.quick_gelu, self.ln_eps, self.dtype, name="attn_pool")
+            head = MapHead(self.heads, self.mlp_ratio, self.activation, self.ln_eps, self.dtype, name="attn_pool")
             return head(ln_post(x)[:, num_prefix:]).astype(jnp.float32)  # [B, D]
         pooled = ln_post(x[:, 0])  # [B, D]
         proj = self.param(

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clip_jax.lm.model import CausalLM
-from clip_jax.weights.open_clip import ConversionError, raise_misfits
+from clip_jax.weights.torch_layout import ConversionError, raise_misfits
 
 _PREFIX = "transformer."
 _IGNORED_KEYS = re.compile(r"(^|\.)attn\.(bias|masked_bias)$|(^|\.)embed_positions$")

@@ -4,7 +4,9 @@
     state = load_into_state(path, state, shardings, "visual", "lit.init_image_from")
 
 `path` is converted weights (clip_jax.import_weights), a bare language model
-(metadata kind "lm") or another run's workdir (its newest checkpoint).
+(metadata kind "lm"), another run's workdir (its newest checkpoint), a
+transformers CLIPModel / SiglipModel directory or a big_vision SigLIP .npz
+(`weights.sources`).
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from clip_jax.weights.open_clip import stack_layers, unstack_layers
-from clip_jax.weights.storage import load_variables
+from clip_jax.weights.torch_layout import stack_layers, unstack_layers
+from clip_jax.weights.sources import read_weights
 
 log = logging.getLogger("clip_jax.weights.into_state")
 
@@ -43,7 +45,7 @@ def load_into_state(
     a part the weights lack (KEPT_WHEN_ABSENT: CLIP weights for a SigLIP or CLIP-Lite run) keeps its initial value.
     `field` names the config field in errors and logs.
     """
-    variables, metadata = load_variables(path)
+    variables, metadata = read_weights(path)
     if tower is not None and metadata.get("kind") == "lm":
         variables = {k: {tower: v} for k, v in variables.items() if v}
     current = _only({k: state[k] for k in ("params", "batch_stats")}, tower)

@@ -23,7 +23,6 @@ import warnings
 from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.typing import DTypeLike
@@ -31,6 +30,7 @@ from numpy.typing import DTypeLike
 from clip_jax.models.clip import CLIP
 from clip_jax.models.declip_heads import DeclipHeads
 from clip_jax.models.architectures import MODEL_SPECS, OPEN_CLIP_NAMES, ModelSpec, model_spec
+from clip_jax.weights.torch_layout import Slot, state_dict_from_variables, variables_from_state_dict
 
 # Entries of OpenAI's JIT archives and torch buffers that carry no parameters.
 _IGNORED_KEYS = re.compile(r"(^|\.)(input_resolution|context_length|vocab_size|num_batches_tracked|attn_mask)$")
@@ -39,25 +39,6 @@ _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
 # Top-level parts of a clip_jax model that open_clip's CLIP has no place for (training-only heads).
 _NOT_EXPORTED = ("image_critic", "text_critic", "heads")
 
-
-class ConversionError(ValueError):
-    """Raised when a state dict does not fit the model; the message names every bad key."""
-
-
-def raise_misfits(missing: list[str], unexpected: list[str], errors: list[str], what: str = "state dict") -> None:
-    """Raises ConversionError listing every missing and unexpected key and other error, if there are any."""
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {sorted(set(missing))}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    problems += errors
-    if problems:
-        raise ConversionError(f"{what} does not fit the model:\n  " + "\n  ".join(problems))
-
-
-# A slice of a stacked PyTorch tensor: (index, parts) along its first axis (q, k, v of `in_proj_weight`).
-Slot = tuple[int, int]
 
 # open_clip's names of a clip_jax ViT in OpenAI's layout -> timm's names in a CustomTextCLIP's trunk
 # (`visual.trunk.*`), applied in order; the MAP head's q and kv projections are handled in `_timm_name`.
@@ -141,73 +122,6 @@ def _torch_name(path: tuple[str, ...], layout: str = "openai") -> tuple[str, Slo
     return key, slot
 
 
-def _convert_leaf(key: str, value: np.ndarray, slot: Slot | None, target_shape: tuple[int, ...]) -> np.ndarray:
-    """One PyTorch tensor in its clip_jax layout, shape-checked against `target_shape`."""
-    value = np.asarray(value, dtype=np.float32)
-    if slot is not None:
-        index, parts = slot
-        if value.shape[0] % parts:
-            raise ConversionError(f"{key}: shape {value.shape} is not {parts} projections stacked on the first axis")
-        value = np.split(value, parts, axis=0)[index]
-    if key in _TIMM_UNIT_AXES and value.shape[: _TIMM_UNIT_AXES[key]] == (1,) * _TIMM_UNIT_AXES[key]:
-        value = value.reshape(value.shape[_TIMM_UNIT_AXES[key] :])
-    if value.ndim == 4 and len(target_shape) == 4:  # conv OIHW -> HWIO
-        value = value.transpose(2, 3, 1, 0)
-    elif value.ndim == 2 and key.endswith("weight") and len(target_shape) >= 2 and "embedding" not in key:
-        value = value.T  # nn.Linear (out, in) -> (in, out)
-        in_dim, out_dim = value.shape
-        heads_first = target_shape[-1] == out_dim and int(np.prod(target_shape[:-1])) == in_dim
-        heads_last = target_shape[0] == in_dim and int(np.prod(target_shape[1:])) == out_dim
-        if heads_first or heads_last:
-            value = value.reshape(target_shape)
-    elif value.ndim == 1 and len(target_shape) == 2 and value.size == np.prod(target_shape):
-        value = value.reshape(target_shape)  # in-projection bias -> (heads, head_dim)
-    if value.shape != tuple(target_shape):
-        raise ConversionError(f"{key}: shape {value.shape} after conversion, model expects {tuple(target_shape)}")
-    return value
-
-
-def stack_layers(tree: Any) -> Any:
-    """Stacks `resblocks_0..L-1` subtrees into one `resblocks` subtree with a leading layer axis."""
-    if not isinstance(tree, Mapping):
-        return tree
-    blocks = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in tree.items() if re.fullmatch(r"resblocks_\d+", k))
-    out = {k: stack_layers(v) for k, v in tree.items() if not re.fullmatch(r"resblocks_\d+", k)}
-    if blocks:
-        out["resblocks"] = jax.tree.map(lambda *xs: np.stack(xs), *[v for _, v in blocks])
-    return out
-
-
-def unstack_layers(tree: Any) -> Any:
-    """Inverse of `stack_layers`: `resblocks` [L, ...] -> `resblocks_0` ... `resblocks_{L-1}`."""
-    if not isinstance(tree, Mapping):
-        return tree
-    out = {k: unstack_layers(v) for k, v in tree.items() if k != "resblocks"}
-    if "resblocks" in tree:
-        stacked = tree["resblocks"]
-        num_layers = jax.tree.leaves(stacked)[0].shape[0]
-        for i in range(num_layers):
-            out[f"resblocks_{i}"] = jax.tree.map(lambda x, i=i: _take(x, i), stacked)
-    return out
-
-
-def _take(x: Any, i: int) -> Any:
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
-    return x[i]
-
-
-def _expected_variables(model: CLIP) -> dict[str, Any]:
-    """Shapes of the model's variables in the unstacked layout (no memory used)."""
-    visual = model.visual
-    size = visual.image_size
-    context = model.text.context_length
-    shapes = jax.eval_shape(
-        model.init, jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), jnp.zeros((1, context), jnp.int32)
-    )
-    return {k: unstack_layers(nn.meta.unbox(v)) for k, v in shapes.items()}
-
-
 def is_openai_state_dict(state_dict: Mapping[str, Any]) -> bool:
     """OpenAI's released archives carry these metadata entries; open_clip's don't."""
     return all(k in state_dict for k in _OPENAI_MARKERS)
@@ -225,86 +139,14 @@ def from_torch_state_dict(
     naming every missing, unexpected or mis-shaped key.
     """
     origin = origin or ("openai" if is_openai_state_dict(state_dict) else None)
-    if origin == "openai" and not model.text.quick_gelu:
+    if origin == "openai" and model.text.activation != "quick_gelu":
         warnings.warn(
             "OpenAI weights were trained with QuickGELU but this model uses exact GELU: use the "
             "'-quickgelu' model name (e.g. ViT-B-32-quickgelu), or accuracy silently drops.",
             stacklevel=2,
         )
-    expected = _expected_variables(model)
     layout = torch_layout_of(model)
-    consumed: set[str] = set()
-    missing: list[str] = []
-    errors: list[str] = []
-
-    def convert(path: tuple[Any, ...], target: jax.ShapeDtypeStruct) -> np.ndarray | None:
-        names = tuple(p.key for p in path)
-        key, slot = _torch_name(names, layout)
-        if key not in state_dict:
-            missing.append(key)
-            return None
-        consumed.add(key)
-        try:
-            return _convert_leaf(key, state_dict[key], slot, target.shape)
-        except ConversionError as e:
-            errors.append(str(e))
-            return None
-
-    variables = {
-        collection: jax.tree_util.tree_map_with_path(convert, tree)
-        for collection, tree in expected.items()
-    }
-    unexpected = sorted(k for k in state_dict if k not in consumed and not _IGNORED_KEYS.search(k))
-    raise_misfits(missing, unexpected, errors)
-    scanned = getattr(model.text, "scan_layers", False)
-    return {k: stack_layers(v) if scanned else v for k, v in variables.items()}
-
-
-def _leaves(tree: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
-    """{path of dict keys: leaf} of a nested mapping."""
-    return {tuple(p.key for p in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _host(x: Any) -> Any:
-    """A C-contiguous numpy array; tracers (under jax.eval_shape) pass through."""
-    return x if isinstance(x, jax.core.Tracer) else np.asarray(x, order="C")
-
-
-def _concatenate(parts: list[Any]) -> Any:
-    """Concatenates along the first axis, numpy arrays with numpy and tracers with jax.numpy."""
-    return (jnp if isinstance(parts[0], jax.core.Tracer) else np).concatenate(parts)
-
-
-def _torch_layout(path: tuple[str, ...], value: Any) -> Any:
-    """A flax leaf in PyTorch's layout, q/k/v still apart: the inverse of `_convert_leaf`.
-
-    conv kernel HWIO -> OIHW; Linear kernel (in, out) -> (out, in), where an
-    attention kernel is first flattened to (in, out): [D, H, Dh] -> (D, H*Dh),
-    out [H, Dh, D] -> (H*Dh, D); in-projection bias [H, Dh] -> (H*Dh,).
-    """
-    if path[-1] == "kernel" and value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    if path[-1] == "kernel":
-        split = value.ndim - 1 if path[-2] == "out" else 1
-        return value.reshape(int(np.prod(value.shape[:split])), -1).T
-    if path[-1] == "bias" and value.ndim == 2:
-        return value.reshape(-1)
-    return value
-
-
-def _check_fits(variables: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
-    """Raises ConversionError naming every missing, unexpected or mis-shaped variable (unstacked layout)."""
-    have = {"/".join(p): tuple(x.shape) for p, x in _leaves(variables).items()}
-    want = {"/".join(p): tuple(x.shape) for p, x in _leaves(expected).items()}
-    problems = []
-    if missing := sorted(set(want) - set(have)):
-        problems.append(f"missing variables: {missing}")
-    if unexpected := sorted(set(have) - set(want)):
-        problems.append(f"unexpected variables: {unexpected}")
-    shared = sorted(set(have) & set(want))
-    problems += [f"{p}: shape {have[p]}, model expects {want[p]}" for p in shared if have[p] != want[p]]
-    if problems:
-        raise ConversionError("variables do not fit the model:\n  " + "\n  ".join(problems))
+    return variables_from_state_dict(state_dict, model, lambda path: _torch_name(path, layout), _IGNORED_KEYS)
 
 
 def _without(variables: Mapping[str, Any], parts: tuple[str, ...]) -> dict[str, Any]:
@@ -343,24 +185,13 @@ def to_torch_state_dict(
     it gives the shapes without arrays. Raises ConversionError naming every
     variable that does not fit the model.
     """
-    variables = {k: unstack_layers(jax.tree.map(_host, v)) for k, v in nn.meta.unbox(dict(variables)).items()}
-    left_out = sorted({path[1] for path in _leaves(variables) if path[1] in _NOT_EXPORTED})
-    variables = _without(variables, _NOT_EXPORTED)
-    _check_fits(variables, _without(_expected_variables(model), _NOT_EXPORTED))
+    variables = nn.meta.unbox(dict(variables))
+    left_out = sorted({part for tree in variables.values() for part in tree if part in _NOT_EXPORTED})
     layout = torch_layout_of(model)
-    state_dict: dict[str, Any] = {}
-    for (collection, *path), value in _leaves(variables).items():
-        key, slot = _torch_name(tuple(path), layout)
-        value = _torch_layout(tuple(path), value if dtype is None else value.astype(dtype))
-        value = value.reshape((1,) * _TIMM_UNIT_AXES.get(key, 0) + value.shape)
-        if slot is None:
-            state_dict[key] = value
-        else:  # the projections stacked on the first axis, in slot order (q, k, v)
-            index, parts = slot
-            state_dict.setdefault(key, [None] * parts)[index] = value
-        if collection == "batch_stats" and path[-1] == "mean":
-            state_dict[f"{key.rsplit('.', 1)[0]}.num_batches_tracked"] = np.zeros((), np.int64)
-    state_dict = {k: _host(_concatenate(v) if isinstance(v, list) else v) for k, v in state_dict.items()}
+    state_dict = state_dict_from_variables(
+        _without(variables, _NOT_EXPORTED), model.clone(image_critic=None, text_critic=None, heads=None), lambda path: _torch_name(path, layout),
+        _TIMM_UNIT_AXES, dtype,
+    )
     if isinstance(model.heads, DeclipHeads):
         state_dict["token_embedding.weight"] = state_dict["token_embedding.weight"][:-1]
     _warn_left_out(model, left_out)
