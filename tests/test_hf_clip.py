@@ -265,6 +265,11 @@ def test_init_from_a_transformers_directory():
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state["params"]), expected)
 
 
+def test_a_hub_id_is_not_downloaded():
+    with pytest.raises(FileNotFoundError, match="downloads nothing.*huggingface-cli download openai/clip-vit-base-patch32"):
+        clip_jax.load("openai/clip-vit-base-patch32")
+
+
 # --- With torch and transformers installed: pytest -m transformers tests/test_hf_clip.py --------------
 
 
@@ -272,7 +277,8 @@ def test_init_from_a_transformers_directory():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_live_round_trip_through_transformers(tmp_path, family):
     """transformers -> clip_jax -> transformers: the exported directory loads with from_pretrained and its
-    embeddings equal clip_jax's (and the source model's) to 1e-5 of their scale."""
+    embeddings equal clip_jax's to 1e-5 of their scale (clip_jax's equal the source model's:
+    test_load_gives_transformers_embeddings)."""
     script = f"""
 import sys, numpy as np, torch, transformers
 cls = transformers.{hf_clip.ARCHITECTURES[family]}

@@ -31,7 +31,7 @@ from clip_jax.evaluation.batching import BatchedEncoder
 from clip_jax.evaluation.templates import get_templates
 from clip_jax.evaluation.zeroshot import zeroshot_classifier
 from clip_jax.inference.images import ImageLike, ImagePreprocess
-from clip_jax.models import CLIP, create_model, l2_normalize
+from clip_jax.models import CLIP, create_model, l2_normalize, list_models
 from clip_jax.runtime import paths
 from clip_jax.tokenizers import get_tokenizer
 from clip_jax.weights import storage as weights
@@ -208,6 +208,12 @@ def load_weights(
         origin = "openai" if is_openai_state_dict(state_dict) else None
         variables = from_torch_state_dict(state_dict, clip_model, origin=origin)
         return clip_model, variables, {"model": model, "overrides": overrides, "source": name_or_path}
+    if "/" in name_or_path and name_or_path not in list_models():  # a path, or a hub id such as org/name
+        raise FileNotFoundError(
+            f"load({name_or_path!r}): no such file or directory; clip_jax reads weights from disk or a bucket "
+            f"and downloads nothing (a hub model: `huggingface-cli download {name_or_path} --local-dir DIR`, "
+            "then load(DIR))"
+        )
     clip_model = create_model(name_or_path, **overrides)  # a ValueError names the known models
     log.warning("load(%r): a model name, so random weights (seed %d)", name_or_path, seed)
     return clip_model, _random_variables(clip_model, seed), {"model": name_or_path, "overrides": overrides}
