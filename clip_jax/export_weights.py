@@ -102,6 +102,10 @@ def export_transformers(directory: str, output: str, dtype: str = "float32") -> 
     from safetensors.numpy import save
 
     variables, metadata = read_weights(directory)
+    if (kind := metadata.get("kind", "clip")) != "clip":
+        raise hf_clip.UnsupportedPart(
+            f"{directory} holds a {kind!r} model; transformers' CLIPModel and SiglipModel are two-tower models"
+        )
     spec = model_spec(metadata["model"], **metadata.get("overrides", {}))
     model = model_from_spec(spec)
     family = hf_clip.family_of_model(model)
@@ -118,6 +122,8 @@ def export_transformers(directory: str, output: str, dtype: str = "float32") -> 
     elif tokenizer and tokenizer.startswith("hf:"):
         copy_tokenizer_files(tokenizer.removeprefix("hf:"), str(path))
         note = "with the tokenizer files of the directory the weights came from"
+    elif tokenizer is None:
+        note = "without tokenizer files: the weights came without a tokenizer"
     else:
         note = f"without tokenizer files: the vocabulary ({tokenizer}) has no transformers tokenizer"
     return f"transformers.{hf_clip.ARCHITECTURES[family]}.from_pretrained({output!r}) loads it ({note})"
@@ -127,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", help="weights directory (import_weights output) or a training run's workdir")
     parser.add_argument(
-        "output", help=f"output file ending in {', '.join(FORMATS)} (local or gs://); with --format transformers a directory"
+        "output",
+        help=f"output file ending in {', '.join(FORMATS)} (local or gs://); with --format transformers a directory",
     )
     parser.add_argument(
         "--format", choices=("open_clip", "transformers"), default="open_clip",

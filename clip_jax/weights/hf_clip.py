@@ -220,7 +220,9 @@ def spec_from_config(config: Mapping[str, Any]) -> ModelSpec:
             init_logit_scale=model["logit_scale_init_value"],
         )
     if not vision["vision_use_head"]:
-        raise ConversionError("config.json: vision_config.vision_use_head = false; a SigLIP image embedding needs the head")
+        raise ConversionError(
+            "config.json: vision_config.vision_use_head = false; a SigLIP image embedding needs the head"
+        )
     embed_dim = text["projection_size"] or text["hidden_size"]
     if embed_dim != vision["hidden_size"]:
         raise ConversionError(
@@ -278,7 +280,9 @@ def token_ids(spec: ModelSpec, family: str) -> dict[str, int]:
 def family_of_model(model: CLIP) -> str:
     """The transformers family of a clip_jax model, or UnsupportedPart naming what transformers has no class for."""
     if isinstance(model.visual, ModifiedResNet):
-        raise UnsupportedPart("transformers has no CLIPModel or SiglipModel with a ModifiedResNet image tower (RN50, ...)")
+        raise UnsupportedPart(
+            "transformers has no CLIPModel or SiglipModel with a ModifiedResNet image tower (RN50, ...)"
+        )
     parts = [name for name in ("image_critic", "text_critic", "heads") if getattr(model, name) is not None]
     if parts:
         raise UnsupportedPart(

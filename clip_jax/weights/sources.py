@@ -84,7 +84,8 @@ def _tokenizer_of(directory: epath.Path, config: dict[str, Any]) -> str | None:
     try:
         return pretrained_tokenizer_spec(str(directory))
     except FileNotFoundError:
-        vocab_size = (config.get("text_config") or {}).get("vocab_size", hf_clip.CONFIG_DEFAULTS["clip"]["text_config"]["vocab_size"])
+        default = hf_clip.CONFIG_DEFAULTS["clip"]["text_config"]["vocab_size"]
+        vocab_size = (config.get("text_config") or {}).get("vocab_size", default)
         return "clip" if config.get("model_type") == "clip" and vocab_size == 49408 else None
 
 
