@@ -191,6 +191,9 @@ def test_state_dict_misfits_name_the_key():
         ("RN-Tiny", {}, "ModifiedResNet"),
         ("ViT-Tiny-8", {"critic_dim": 16}, "image_critic, text_critic"),
         ("ViT-Tiny-8", {"declip_projection_dim": 16}, "heads"),
+        ("ViT-Tiny-8", {"init_logit_bias": -10.0}, "a logit bias, which CLIPModel lacks"),
+        ("ViT-SO400M-14-SigLIP", {"init_logit_bias": None}, "no logit bias, which SiglipModel needs"),
+        ("ViT-Tiny-8", {"text": {"causal": False}}, "'causal': False"),
     ],
 )
 def test_parts_transformers_lacks_are_named(name, overrides, part):

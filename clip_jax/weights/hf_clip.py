@@ -298,6 +298,9 @@ def family_of_model(model: CLIP) -> str:
     actual = {k: getattr(model.visual if k in _VISION_FIELDS else model.text, k) for k in expected}
     if differ := {k: v for k, v in actual.items() if v != expected[k]}:
         raise UnsupportedPart(f"transformers' {ARCHITECTURES[family]} has no model with {differ} (it has {expected})")
+    if (model.init_logit_bias is not None) != siglip:
+        has = "a logit bias, which CLIPModel lacks" if not siglip else "no logit bias, which SiglipModel needs"
+        raise UnsupportedPart(f"the model has {has}")
     return family
 
 
