@@ -31,7 +31,7 @@ import numpy as np
 from clip_jax.models import create_model
 from clip_jax.models.architectures import model_from_spec, model_spec
 from clip_jax.runtime import paths
-from clip_jax.tokenizers.pretrained_dir import copy_tokenizer_files, write_clip_tokenizer_files
+from clip_jax.tokenizers.pretrained_dir import copy_tokenizer_files, directory_of_spec, write_clip_tokenizer_files
 from clip_jax.weights import hf_clip
 from clip_jax.weights.open_clip import open_clip_name, to_torch_state_dict
 from clip_jax.weights.sources import read_weights
@@ -119,8 +119,8 @@ def export_transformers(directory: str, output: str, dtype: str = "float32") -> 
     if tokenizer == "clip":
         write_clip_tokenizer_files(str(path), spec.text.context_length)
         note = "with CLIP's tokenizer files"
-    elif tokenizer and tokenizer.startswith("hf:"):
-        copy_tokenizer_files(tokenizer.removeprefix("hf:"), str(path))
+    elif (source := directory_of_spec(tokenizer)) is not None:
+        copy_tokenizer_files(source, str(path))
         note = "with the tokenizer files of the directory the weights came from"
     elif tokenizer is None:
         note = "without tokenizer files: the weights came without a tokenizer"

@@ -34,7 +34,7 @@ from clip_jax.lm import create_lm
 from clip_jax.models import create_model
 from clip_jax.runtime import paths
 from clip_jax.weights.hf_lm import from_hf_state_dict
-from clip_jax.tokenizers.pretrained_dir import copy_tokenizer_files
+from clip_jax.tokenizers.pretrained_dir import SPEC_PREFIX, copy_tokenizer_files, directory_of_spec
 from clip_jax.weights.open_clip import from_torch_state_dict, is_openai_state_dict
 from clip_jax.weights.sources import TOKENIZER_FOLDER, read_weights
 from clip_jax.weights.storage import save_variables
@@ -86,10 +86,9 @@ def import_converted(checkpoint: str, output: str) -> tuple[str, str]:
     """Writes a transformers directory or a big_vision .npz to `output`, with the directory's tokenizer files
     in `output`/tokenizer; returns (output, where the weights came from: "transformers" or "big_vision")."""
     variables, metadata = read_weights(checkpoint)
-    tokenizer = metadata["tokenizer"]
-    if tokenizer and tokenizer.startswith("hf:"):
-        copy_tokenizer_files(tokenizer.removeprefix("hf:"), str(paths.resolve(output) / TOKENIZER_FOLDER))
-        metadata = {**metadata, "tokenizer": f"hf:{TOKENIZER_FOLDER}"}
+    if (source := directory_of_spec(metadata["tokenizer"])) is not None:
+        copy_tokenizer_files(source, str(paths.resolve(output) / TOKENIZER_FOLDER))
+        metadata = {**metadata, "tokenizer": f"{SPEC_PREFIX}{TOKENIZER_FOLDER}"}
     save_variables(output, variables, {**metadata, "source": str(paths.resolve(checkpoint))})
     return output, metadata["origin"]
 

@@ -19,6 +19,7 @@ from clip_jax.tokenizers.pretrained_dir import (
     HfFastTokenizer,
     HfSiglipTokenizer,
     copy_tokenizer_files,
+    directory_of_spec,
     load_pretrained_tokenizer,
     pretrained_tokenizer_spec,
     write_clip_tokenizer_files,
@@ -42,7 +43,6 @@ __all__ = [
 
 _SENTENCEPIECE_PREFIX = "sentencepiece:"
 _GPT2_PREFIX = "gpt2:"
-_HF_PREFIX = "hf:"
 
 
 def get_tokenizer(
@@ -55,8 +55,8 @@ def get_tokenizer(
         return SentencePieceTokenizer(spec[len(_SENTENCEPIECE_PREFIX) :], context_length)
     if spec.startswith(_GPT2_PREFIX) and len(spec) > len(_GPT2_PREFIX):
         return Gpt2Tokenizer(spec[len(_GPT2_PREFIX) :], context_length)
-    if spec.startswith(_HF_PREFIX) and len(spec) > len(_HF_PREFIX):
-        return load_pretrained_tokenizer(spec[len(_HF_PREFIX) :], context_length)
+    if (directory := directory_of_spec(spec)) is not None:
+        return load_pretrained_tokenizer(directory, context_length)
     raise ValueError(
         f"Unknown tokenizer spec {spec!r}: expected 'clip', 'sentencepiece:/path/to/model', "
         "'gpt2:/dir/with/vocab.json+merges.txt' or 'hf:/transformers/model/dir'"

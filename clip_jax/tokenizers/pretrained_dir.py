@@ -52,6 +52,7 @@ TOKENIZER_FILES = (
     "merges.txt",
 )
 HF_SOT, HF_EOT = "<|startoftext|>", "<|endoftext|>"  # transformers' names of CLIP's two special tokens
+SPEC_PREFIX = "hf:"  # get_tokenizer's spec of a transformers directory's tokenizer
 SPIECE_UNDERLINE = "▁"
 # SiglipTokenizer's named special tokens and their defaults; other named ones come from the config alone.
 SIGLIP_DEFAULTS = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}
@@ -122,7 +123,14 @@ def pretrained_tokenizer_kind(directory: str) -> str:
 
 def pretrained_tokenizer_spec(directory: str) -> str:
     """The tokenizer spec of a transformers directory: "clip" for CLIP's own BPE, else "hf:DIRECTORY"."""
-    return "clip" if pretrained_tokenizer_kind(directory) == "clip" else f"hf:{directory}"
+    return "clip" if pretrained_tokenizer_kind(directory) == "clip" else f"{SPEC_PREFIX}{directory}"
+
+
+def directory_of_spec(spec: str | None) -> str | None:
+    """DIRECTORY of an "hf:DIRECTORY" tokenizer spec; None for any other spec."""
+    if spec and spec.startswith(SPEC_PREFIX) and len(spec) > len(SPEC_PREFIX):
+        return spec[len(SPEC_PREFIX) :]
+    return None
 
 
 def _directory_with(directory: str, name: str, context_length: int) -> epath.Path:

@@ -27,12 +27,11 @@ from etils import epath
 
 from clip_jax.models.architectures import ModelSpec, model_from_spec
 from clip_jax.runtime import paths
-from clip_jax.tokenizers.pretrained_dir import pretrained_tokenizer_spec
+from clip_jax.tokenizers.pretrained_dir import SPEC_PREFIX, directory_of_spec, pretrained_tokenizer_spec
 from clip_jax.weights import big_vision, hf_clip, storage
 from clip_jax.weights.torch_layout import ConversionError
 
 TOKENIZER_FOLDER = "tokenizer"  # where an imported directory keeps the tokenizer's files
-_HF_PREFIX = "hf:"
 # The registered model whose fields a converted model's overrides replace, per family.
 _BASE_MODELS = {"clip": "ViT-B-32", "siglip": "ViT-SO400M-14-SigLIP"}
 _TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
@@ -54,9 +53,8 @@ def read_weights(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         config, state_dict = big_vision.to_transformers(arrays)
         return _converted(config, state_dict, "big_vision", path, None)
     variables, metadata = storage.load_variables(path)
-    tokenizer = metadata.get("tokenizer")
-    if isinstance(tokenizer, str) and tokenizer == f"{_HF_PREFIX}{TOKENIZER_FOLDER}":
-        metadata = {**metadata, "tokenizer": f"{_HF_PREFIX}{resolved / TOKENIZER_FOLDER}"}
+    if directory_of_spec(metadata.get("tokenizer")) == TOKENIZER_FOLDER:
+        metadata = {**metadata, "tokenizer": f"{SPEC_PREFIX}{resolved / TOKENIZER_FOLDER}"}
     return variables, metadata
 
 
